@@ -1,0 +1,205 @@
+"""
+The subscription registry: sources by id, who subscribes to what, fan-out.
+
+Fan-out encodes each event once and hands the same L{Frame} to every
+subscriber; no subscriber's slowness is waited on here (a connection only
+queues what it is given, see L{kiwi.ws}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from twisted.logger import Logger
+from zope.interface import Attribute, Interface, implementer
+
+from kiwi import protocol
+from kiwi.config import SubscriberConfig
+from kiwi.errors import ClientError
+from kiwi.events import Event
+from kiwi.flow import PullFlow
+from kiwi.protocol import Mode
+from kiwi.sources import IEventSink, ISource
+
+
+@attrs.define(eq=False)
+class Frame:
+    """
+    One encoded message shared by every subscriber it is sent to.
+
+    @ivar payload: The UTF-8 JSON text of the message.
+    @ivar prepared: A transport's cache of the framed bytes, so that framing
+        too happens once (see L{kiwi.ws}).
+    """
+
+    payload: bytes
+    prepared: Any = None
+
+
+class ISubscriber(Interface):
+    """
+    One client connection, as the registry sees it.
+    """
+
+    conn_id: str = Attribute("A short id for logs.")
+
+    def send_frame(frame: Frame) -> None:
+        """
+        Queue C{frame} for the client; never blocks.
+        """
+
+
+@attrs.define(eq=False)
+class Subscription:
+    """
+    One connection's subscription to one source.
+
+    @ivar pull: Flow state for pull mode; C{None} in push mode.
+    """
+
+    source_id: str
+    mode: Mode
+    subscriber: ISubscriber
+    pull: PullFlow[Frame] | None = None
+
+
+@implementer(IEventSink)
+class Registry:
+    """
+    Maps source ids to sources and subscriptions, and delivers events.
+    """
+
+    log = Logger()
+
+    def __init__(self, subscriber_config: SubscriberConfig = SubscriberConfig()) -> None:
+        self.subscriber_config = subscriber_config
+        self._sources: dict[str, ISource] = {}
+        self._by_source: dict[str, dict[ISubscriber, Subscription]] = {}
+        self._by_subscriber: dict[ISubscriber, dict[str, Subscription]] = {}
+
+    # Sources
+
+    def add_source(self, source: ISource) -> None:
+        """
+        Make C{source} available for subscription.
+        """
+        self._sources[source.source_id] = source
+        self._by_source.setdefault(source.source_id, {})
+
+    def remove_source(self, source_id: str, message: str) -> None:
+        """
+        Withdraw a source, closing its subscriptions with C{message}.
+        """
+        self.close_source(source_id, message)
+        self._sources.pop(source_id, None)
+        self._by_source.pop(source_id, None)
+
+    def sources(self) -> list[ISource]:
+        """
+        The sources, in the order they were added.
+        """
+        return list(self._sources.values())
+
+    def subscriber_count(self, source_id: str) -> int:
+        """
+        How many connections subscribe to C{source_id}.
+        """
+        return len(self._by_source.get(source_id, ()))
+
+    # Commands
+
+    def subscribe(self, subscriber: ISubscriber, source_id: str, mode: Mode) -> None:
+        """
+        Subscribe C{subscriber} to a source.
+
+        @raise ClientError: if the source does not exist, has ended, or the
+            subscriber is already subscribed to it.
+        """
+        source = self._sources.get(source_id)
+        if source is None:
+            raise ClientError("source not found")
+        if source.finished:
+            raise ClientError("source has ended")
+        mine = self._by_subscriber.setdefault(subscriber, {})
+        if source_id in mine:
+            raise ClientError("already subscribed to this source")
+        pull = None
+        if mode == "pull":
+            config = self.subscriber_config
+            pull = PullFlow[Frame](config.buffer_capacity, config.lag_notice_threshold)
+        subscription = Subscription(source_id, mode, subscriber, pull)
+        mine[source_id] = subscription
+        self._by_source[source_id][subscriber] = subscription
+        source.subscriber_added()
+
+    def unsubscribe(self, subscriber: ISubscriber, source_id: str) -> None:
+        """
+        End C{subscriber}'s subscription to a source.
+
+        @raise ClientError: if there is no such subscription.
+        """
+        subscription = self._by_subscriber.get(subscriber, {}).pop(source_id, None)
+        if subscription is None:
+            raise ClientError("not subscribed to this source")
+        self._by_source.get(source_id, {}).pop(subscriber, None)
+
+    def request(self, subscriber: ISubscriber, source_id: str, n: int) -> int:
+        """
+        Add C{n} credits to a pull subscription, delivering buffered events.
+
+        @return: The credits still outstanding.
+        @raise ClientError: if there is no such pull subscription.
+        """
+        subscription = self._by_subscriber.get(subscriber, {}).get(source_id)
+        if subscription is None:
+            raise ClientError("not subscribed to this source")
+        if subscription.pull is None:
+            raise ClientError("subscription is in push mode; REQUEST applies to pull mode only")
+        return subscription.pull.request(n, subscriber.send_frame)
+
+    def disconnect(self, subscriber: ISubscriber) -> None:
+        """
+        Forget every subscription of a connection that went away.
+        """
+        for source_id in self._by_subscriber.pop(subscriber, {}):
+            self._by_source.get(source_id, {}).pop(subscriber, None)
+
+    # IEventSink
+
+    def publish(self, source_id: str, events: Sequence[Event]) -> None:
+        subscriptions = self._by_source.get(source_id)
+        if not subscriptions:
+            return
+        targets = list(subscriptions.values())
+        for event in events:
+            frame = Frame(protocol.encode_result(event))
+            for subscription in targets:
+                if subscription.pull is None:
+                    subscription.subscriber.send_frame(frame)
+                else:
+                    subscription.pull.offer(
+                        frame,
+                        subscription.subscriber.send_frame,
+                        lambda count, s=subscription: self._notify_lag(s, count),
+                    )
+
+    def _notify_lag(self, subscription: Subscription, count: int) -> None:
+        self.log.debug(
+            "{conn_id} lagging on {source_id} by {count}",
+            conn_id=subscription.subscriber.conn_id,
+            source_id=subscription.source_id,
+            count=count,
+        )
+        subscription.subscriber.send_frame(Frame(protocol.lag_notice(subscription.source_id, count)))
+
+    def close_source(self, source_id: str, message: str) -> None:
+        subscriptions = self._by_source.get(source_id)
+        if not subscriptions:
+            return
+        frame = Frame(protocol.subscription_closed(source_id, message))
+        for subscriber in list(subscriptions):
+            self._by_subscriber.get(subscriber, {}).pop(source_id, None)
+            subscriber.send_frame(frame)
+        subscriptions.clear()

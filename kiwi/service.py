@@ -1,0 +1,87 @@
+"""
+Kiwi's root service: builds the service tree from a configuration.
+
+Children, in start order: C{sources} (one child per source), then the
+C{listener}. Twisted stops children in reverse order, so clients are told
+to go away before the sources stop.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+
+from kiwi.config import CounterSourceConfig, KiwiConfig, SourceConfig
+from kiwi.endpoints import ListenerService
+from kiwi.registry import Registry
+from kiwi.sources import IEventSink, ISource
+from kiwi.ws import KiwiServerFactory, build_site
+
+
+def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, reactor: Any) -> ISource:
+    """
+    The source service for one source configuration.
+    """
+    if isinstance(config, CounterSourceConfig):
+        from kiwi.sources.counter import CounterSource
+
+        return CounterSource(config, sink, reactor)
+    from kiwi.sources.kafka import KafkaSource
+
+    assert kiwi.kafka is not None, "validated by kiwi.config"
+    return KafkaSource(config, kiwi.kafka, sink, reactor)
+
+
+class KiwiService(MultiService):
+    """
+    The whole gateway for one configuration.
+
+    @ivar registry: Sources and subscriptions.
+    @ivar listener: The listening service; C{listener.when_listening()}
+        gives the bound port.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: KiwiConfig, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.registry = Registry(config.subscriber)
+        sources = MultiService()
+        sources.setName("sources")
+        sources.setServiceParent(self)
+        for source_config in config.sources:
+            source = build_source(source_config, config, self.registry, reactor)
+            self.registry.add_source(source)
+            IService(source).setServiceParent(sources)
+        self.factory = KiwiServerFactory(self.registry)
+        site = build_site(self.factory, config.server.healthcheck)
+        self.listener = ListenerService(reactor, config.server.listen, site, self.factory)
+        # The listener goes last, so that it stops first.
+        self.listener.setServiceParent(self)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop every child (listener first), logging any that fails.
+        """
+        self.running = 0
+        stops = []
+        for child in reversed(list(self)):
+            d = Deferred.fromCoroutine(_stop(child))
+            d.addErrback(
+                lambda f, name=child.name: self.log.failure("{service} failed to stop", f, service=name)
+            )
+            stops.append(d)
+        return DeferredList(stops).addCallback(lambda _: None)
+
+
+async def _stop(service: IService) -> None:
+    await _maybe(service.stopService())
+
+
+async def _maybe(result: object) -> None:
+    if isinstance(result, Deferred):
+        await result

@@ -1,0 +1,148 @@
+"""
+The only module that touches confluent-kafka (librdkafka).
+
+Everything here runs in a Kafka source's own thread: methods are named
+C{thd_*}, share no state with the reactor thread, and return plain values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+
+from kiwi.events import KafkaEvent
+from kiwi.sources.kafka import BEGINNING, BrokerUnavailable
+
+assert OFFSET_BEGINNING == BEGINNING
+
+_TIMESTAMP_NOT_AVAILABLE = 0
+
+
+@attrs.frozen
+class Batch:
+    """
+    What one C{consume} call brought back.
+
+    @ivar errors: Human-readable consumer errors seen during the call.
+    @ivar brokers_down: Whether librdkafka reported that no broker is up.
+    """
+
+    events: list[KafkaEvent]
+    errors: list[str]
+    brokers_down: bool
+
+
+class ConfluentConsumer:
+    """
+    One librdkafka consumer for one topic, assigned partitions by hand (no
+    consumer group rebalancing, no committed offsets).
+    """
+
+    def __init__(self, source_id: str, topic: str, settings: Mapping[str, str]) -> None:
+        self._source_id = source_id
+        self._topic = topic
+        self._settings = dict(settings)
+        self._consumer: Any = None
+        self._errors: list[str] = []
+        self._brokers_down = False
+
+    def _on_error(self, error: Any) -> None:
+        # Called by librdkafka from inside consume()/list_topics(), on our thread.
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._brokers_down = True
+        self._errors.append(error.str())
+
+    def thd_open(self) -> None:
+        """
+        Create the consumer.
+        """
+        settings: dict[str, Any] = dict(self._settings)
+        settings["error_cb"] = self._on_error
+        self._consumer = Consumer(settings)
+
+    def thd_partitions(self, timeout: float) -> list[int] | None:
+        """
+        The topic's partition ids, or C{None} if the topic does not exist.
+
+        @raise BrokerUnavailable: if the cluster did not answer.
+        """
+        try:
+            metadata = self._consumer.list_topics(self._topic, timeout=timeout)
+        except KafkaException as e:
+            raise BrokerUnavailable(str(e.args[0].str() if e.args else e)) from None
+        topic = metadata.topics.get(self._topic)
+        if topic is None or topic.error is not None:
+            if topic is not None and topic.error.code() not in (
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+                KafkaError.LEADER_NOT_AVAILABLE,
+            ):
+                raise BrokerUnavailable(topic.error.str())
+            return None
+        if not metadata.brokers:
+            raise BrokerUnavailable("no brokers in metadata")
+        return sorted(topic.partitions)
+
+    def thd_end_offsets(self, partitions: list[int], timeout: float) -> dict[int, int]:
+        """
+        Each partition's high watermark: where new records will be written.
+
+        @raise BrokerUnavailable: if the cluster did not answer.
+        """
+        offsets = {}
+        for partition in partitions:
+            try:
+                _, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=timeout
+                )
+            except KafkaException as e:
+                raise BrokerUnavailable(str(e.args[0].str() if e.args else e)) from None
+            offsets[partition] = high
+        return offsets
+
+    def thd_assign(self, offsets: Mapping[int, int]) -> None:
+        """
+        Start consuming these partitions at these offsets (L{BEGINNING} for
+        the first retained record), keeping earlier assignments.
+        """
+        self._consumer.incremental_assign(
+            [TopicPartition(self._topic, partition, offset) for partition, offset in offsets.items()]
+        )
+
+    def thd_consume(self, max_records: int, timeout: float) -> Batch:
+        """
+        Wait up to C{timeout} seconds for up to C{max_records} records.
+        """
+        self._errors = []
+        self._brokers_down = False
+        records = self._consumer.consume(max_records, timeout)
+        events = []
+        for record in records:
+            error = record.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    self._errors.append(error.str())
+                continue
+            kind, timestamp = record.timestamp()
+            events.append(
+                KafkaEvent(
+                    source_id=self._source_id,
+                    topic=self._topic,
+                    partition=record.partition(),
+                    offset=record.offset(),
+                    key=record.key(),
+                    payload=record.value(),
+                    timestamp=None if kind == _TIMESTAMP_NOT_AVAILABLE else timestamp,
+                )
+            )
+        return Batch(events, self._errors, self._brokers_down)
+
+    def thd_close(self) -> None:
+        """
+        Close the consumer; it may block while librdkafka winds down.
+        """
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None

@@ -1,0 +1,347 @@
+"""
+The Kafka source: every partition of one topic, streamed to subscribers.
+
+One consumer per source, driven from a one-thread pool: every call into
+librdkafka happens there (see L{kiwi.sources._confluent}), and batches of
+records come back to the reactor thread to be fanned out.
+
+Positions: partitions that exist when the source first reaches the topic
+start at their end (new records only); partitions that appear later, and
+a topic that did not exist yet, start at their beginning, so nothing
+produced to them is lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import Interface, implementer
+
+from kiwi.config import KafkaConfig, KafkaSourceConfig
+from kiwi.sources import IEventSink, ISource
+
+T = TypeVar("T")
+
+MAX_BATCH = 1000
+"""
+The most records one poll hands to the reactor.
+"""
+
+POLL_TIMEOUT_S = 0.1
+"""
+How long one poll waits for records: short, so stopping is quick.
+"""
+
+METADATA_TIMEOUT_S = 2.0
+RETRY_DELAY_S = 1.0
+
+BEGINNING = -2
+"""
+The offset that means "the first record still retained" (librdkafka's
+C{OFFSET_BEGINNING}).
+"""
+
+
+class BrokerUnavailable(Exception):
+    """
+    The cluster could not be asked (down, unreachable, timed out).
+    """
+
+DEFAULT_CONSUMER_SETTINGS: Mapping[str, str] = {
+    "enable.auto.commit": "false",
+    "enable.auto.offset.store": "false",
+    "auto.offset.reset": "latest",
+    "enable.partition.eof": "false",
+    # Latency: answer fetches as soon as one record is there.
+    "fetch.wait.max.ms": "50",
+    "fetch.min.bytes": "1",
+    # Come back quickly after a broker restart.
+    "reconnect.backoff.ms": "100",
+    "reconnect.backoff.max.ms": "2000",
+    # librdkafka's own log lines would go to stderr; errors reach us
+    # through error_cb and are logged with the source id instead.
+    "log_level": "0",
+}
+
+
+class IKafkaConsumer(Interface):
+    """
+    The consumer calls a Kafka source needs; all run in its thread.
+    """
+
+    def thd_open() -> None:
+        """
+        Create the underlying consumer.
+        """
+
+    def thd_partitions(timeout: float) -> list[int] | None:
+        """
+        The topic's partitions, or C{None} if the topic does not exist.
+        """
+
+    def thd_end_offsets(partitions: list[int], timeout: float) -> dict[int, int]:
+        """
+        Each partition's end offset.
+        """
+
+    def thd_assign(offsets: Mapping[int, int]) -> None:
+        """
+        Add partitions to the assignment at the given offsets.
+        """
+
+    def thd_consume(max_records: int, timeout: float) -> Any:
+        """
+        Poll for a batch of records.
+        """
+
+    def thd_close() -> None:
+        """
+        Close the consumer.
+        """
+
+
+def consumer_settings(source: KafkaSourceConfig, kafka: KafkaConfig) -> dict[str, str]:
+    """
+    librdkafka settings for one source: Kiwi's defaults, then the operator's
+    C{kafka.config}, then what Kiwi must own.
+    """
+    settings = dict(DEFAULT_CONSUMER_SETTINGS)
+    settings.update(kafka.config)
+    settings["bootstrap.servers"] = ",".join(kafka.bootstrap_servers)
+    # A unique group id: Kiwi assigns partitions itself and commits nothing,
+    # so sources and Kiwi instances never disturb one another.
+    settings.setdefault("group.id", f"kiwi-{source.id}-{uuid.uuid4().hex[:12]}")
+    return settings
+
+
+def _default_consumer(source: KafkaSourceConfig, kafka: KafkaConfig) -> IKafkaConsumer:
+    from kiwi.sources._confluent import ConfluentConsumer
+
+    consumer: IKafkaConsumer = ConfluentConsumer(source.id, source.topic, consumer_settings(source, kafka))
+    return consumer
+
+
+class _Stopped(Exception):
+    """
+    The source is stopping; unwind the run loop.
+    """
+
+
+@implementer(ISource)
+class KafkaSource(Service):
+    """
+    Streams one topic to the registry.
+
+    @param run_in_thread: How to call into the consumer; by default, the
+        source's own one-thread pool. Tests pass an inline runner.
+    """
+
+    log = Logger()
+    source_type = "kafka"
+    finished = False
+
+    def __init__(
+        self,
+        config: KafkaSourceConfig,
+        kafka: KafkaConfig,
+        sink: IEventSink,
+        reactor: Any,
+        consumer: IKafkaConsumer | None = None,
+        run_in_thread: Callable[..., Deferred[Any]] | None = None,
+    ) -> None:
+        self.config = config
+        self.kafka = kafka
+        self.source_id = config.id
+        self.name = f"source:{config.id}"
+        self._sink = sink
+        self._clock: IReactorTime = reactor
+        self._consumer = consumer if consumer is not None else _default_consumer(config, kafka)
+        self._pool: ThreadPool | None = None
+        if run_in_thread is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name=f"kiwi-kafka-{config.id}")
+            pool = self._pool
+            threads: IReactorThreads = reactor
+
+            def run_in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+                return deferToThreadPool(threads, pool, f, *args)
+
+        self._run_in_thread = run_in_thread
+        self._run: Deferred[None] | None = None
+        self._sleeping: Deferred[None] | None = None
+        self._stopping = False
+        self.state = "stopped"
+        self.last_error: str | None = None
+        self.partitions: list[int] = []
+        self.records_received = 0
+
+    # Service
+
+    def startService(self) -> None:
+        super().startService()
+        self._stopping = False
+        self.state = "starting"
+        if self._pool is not None:
+            self._pool.start()
+        self._run = Deferred.fromCoroutine(self._consume())
+        self._run.addErrback(self._crashed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._stopping = True
+        if self._sleeping is not None:
+            self._sleeping.cancel()
+        run = self._run if self._run is not None else succeed(None)
+        self._run = None
+
+        def close(_: object) -> Deferred[Any]:
+            return self._call(self._consumer.thd_close)
+
+        def stop_pool(result: object) -> object:
+            self.state = "stopped"
+            if self._pool is not None:
+                self._pool.stop()
+            return result
+
+        closed = run.addCallback(close)
+        closed.addErrback(
+            lambda f: self.log.failure("{source_id} failed to close its consumer", f, source_id=self.source_id)
+        )
+        closed.addBoth(stop_pool)
+        return closed.addCallback(lambda _: None)
+
+    def _crashed(self, failure: Any) -> None:
+        self.state = "failed"
+        self.log.failure("{source_id} consumer loop failed", failure, source_id=self.source_id)
+
+    # ISource
+
+    def subscriber_added(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "type": "kafka",
+            "topic": self.config.topic,
+            "state": self.state,
+            "partitions": len(self.partitions),
+            "records": self.records_received,
+            "error": self.last_error,
+        }
+
+    # The run loop
+
+    def _call(self, f: Callable[..., T], *args: Any) -> Deferred[T]:
+        return self._run_in_thread(f, *args)
+
+    async def _sleep(self, seconds: float) -> None:
+        if self._stopping:
+            raise _Stopped()
+        self._sleeping = deferLater(self._clock, seconds, lambda: None)
+        try:
+            await self._sleeping
+        except CancelledError:
+            raise _Stopped() from None
+        finally:
+            self._sleeping = None
+        if self._stopping:
+            raise _Stopped()
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        if state != self.state:
+            if error is not None:
+                self.log.error(
+                    "{source_id} {state}: {error}", source_id=self.source_id, state=state, error=error
+                )
+            else:
+                self.log.info("{source_id} {state}", source_id=self.source_id, state=state)
+        self.state = state
+        self.last_error = error
+
+    async def _consume(self) -> None:
+        try:
+            await self._call(self._consumer.thd_open)
+            await self._assign_initial_partitions()
+            await self._poll_forever()
+        except _Stopped:
+            pass
+
+    async def _assign_initial_partitions(self) -> None:
+        topic_existed = True
+        while True:
+            try:
+                partitions = await self._call(self._consumer.thd_partitions, METADATA_TIMEOUT_S)
+                if partitions is None:
+                    topic_existed = False
+                    self._set_state("waiting for topic")
+                    await self._sleep(RETRY_DELAY_S)
+                    continue
+                if topic_existed:
+                    offsets = await self._call(self._consumer.thd_end_offsets, partitions, METADATA_TIMEOUT_S)
+                else:
+                    # The topic appeared after we started: nothing in it is old.
+                    offsets = {partition: BEGINNING for partition in partitions}
+            except BrokerUnavailable as e:
+                self._set_state("broker unreachable", str(e))
+                await self._sleep(RETRY_DELAY_S)
+                continue
+            await self._call(self._consumer.thd_assign, offsets)
+            self.partitions = partitions
+            self._set_state("running")
+            return
+
+    async def _poll_forever(self) -> None:
+        discovery_interval = self.kafka.partition_discovery_interval_ms / 1000.0
+        last_check = self._clock.seconds()
+        while not self._stopping:
+            batch = await self._call(self._consumer.thd_consume, MAX_BATCH, POLL_TIMEOUT_S)
+            if batch.events:
+                self.records_received += len(batch.events)
+                self._sink.publish(self.source_id, batch.events)
+            if batch.brokers_down:
+                self._set_state("broker unreachable", batch.errors[-1] if batch.errors else None)
+            elif batch.events and self.state != "running":
+                self._set_state("running")
+            elif batch.errors:
+                self.log.warn(
+                    "{source_id} consumer error: {error}", source_id=self.source_id, error=batch.errors[-1]
+                )
+            healthy = self.state == "running"
+            # While the cluster is unreachable, ask it often, so the state
+            # recovers even when no record arrives.
+            check_every = discovery_interval if healthy else RETRY_DELAY_S
+            if self._clock.seconds() >= last_check + check_every and (
+                self.kafka.partition_discovery_enabled or not healthy
+            ):
+                last_check = self._clock.seconds()
+                await self._discover_partitions()
+
+    async def _discover_partitions(self) -> None:
+        try:
+            partitions = await self._call(self._consumer.thd_partitions, METADATA_TIMEOUT_S)
+        except BrokerUnavailable as e:
+            self._set_state("broker unreachable", str(e))
+            return
+        if partitions is None:
+            self._set_state("waiting for topic", "the topic no longer exists")
+            return
+        if self.state != "running":
+            self._set_state("running")
+        if not self.kafka.partition_discovery_enabled:
+            return
+        new = [p for p in partitions if p not in self.partitions]
+        if not new:
+            return
+        self.log.info(
+            "{source_id} found new partitions {partitions}", source_id=self.source_id, partitions=new
+        )
+        await self._call(self._consumer.thd_assign, {partition: BEGINNING for partition in new})
+        self.partitions = sorted(self.partitions + new)

@@ -11,7 +11,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.logger import Logger
+from kiwi.logs import logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -28,7 +28,7 @@ class ListenerService(Service):
     1001 (going away), and waits for the connections to end.
     """
 
-    log = Logger()
+    log = logger()
     name = "listener"
 
     def __init__(self, reactor: Any, description: str, site: Site, factory: KiwiServerFactory) -> None:

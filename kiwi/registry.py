@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-from twisted.logger import Logger
+from kiwi.logs import logger
 from zope.interface import Attribute, Interface, implementer
 
 from kiwi import protocol
@@ -71,7 +71,7 @@ class Registry:
     Maps source ids to sources and subscriptions, and delivers events.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, subscriber_config: SubscriberConfig = SubscriberConfig()) -> None:
         self.subscriber_config = subscriber_config

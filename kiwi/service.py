@@ -12,7 +12,7 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
+from kiwi.logs import logger
 
 from kiwi.config import CounterSourceConfig, KiwiConfig, SourceConfig
 from kiwi.endpoints import ListenerService
@@ -44,7 +44,7 @@ class KiwiService(MultiService):
         gives the bound port.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, config: KiwiConfig, reactor: Any) -> None:
         super().__init__()

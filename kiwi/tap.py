@@ -11,6 +11,7 @@ from twisted.python import usage
 
 from kiwi.config import DEFAULT_CONFIG_PATH, KiwiConfig, load_config
 from kiwi.errors import ConfigErrors
+from kiwi.logs import LEVELS, set_level
 
 
 class Options(usage.Options):
@@ -25,6 +26,7 @@ class Options(usage.Options):
     )
     optParameters = [
         ["config", "c", DEFAULT_CONFIG_PATH, "Path to the YAML configuration file."],
+        ["log-level", None, "info", "Lowest level of Kiwi's log lines: " + ", ".join(LEVELS) + "."],
     ]
 
     config: KiwiConfig
@@ -36,6 +38,8 @@ class Options(usage.Options):
         """
         from twisted.internet import reactor
 
+        if self["log-level"] not in LEVELS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(LEVELS)}")
         try:
             self.config = load_config(self["config"], reactor)
         except ConfigErrors as e:
@@ -54,4 +58,5 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = default_reactor
     from kiwi.service import KiwiService
 
+    set_level(options["log-level"])
     return KiwiService(options.config, reactor)

@@ -18,7 +18,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
+from kiwi.logs import logger
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
@@ -43,7 +43,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     Autobahn calls catches everything: Autobahn mishandles what escapes.
     """
 
-    _log = Logger()
+    _log = logger()
     factory: KiwiServerFactory
 
     conn_id = "-"

@@ -13,7 +13,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from kiwi.logs import logger
 from zope.interface import implementer
 
 from kiwi.config import CounterSourceConfig
@@ -27,7 +27,7 @@ class CounterSource(Service):
     A counter, run by a L{LoopingCall} on C{clock}.
     """
 
-    log = Logger()
+    log = logger()
     source_type = "counter"
 
     def __init__(self, config: CounterSourceConfig, sink: IEventSink, clock: IReactorTime) -> None:

@@ -22,7 +22,7 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
+from kiwi.logs import logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
@@ -145,7 +145,7 @@ class KafkaSource(Service):
         source's own one-thread pool. Tests pass an inline runner.
     """
 
-    log = Logger()
+    log = logger()
     source_type = "kafka"
     finished = False
 

@@ -258,7 +258,9 @@ class _Reader:
         server = self.server(top.get("server"), reactor) if "server" in top else None
         sources = self.sources(top.get("sources"), "sources") if "sources" in top else ()
         kafka = self.kafka(top["kafka"]) if top.get("kafka") is not None else None
-        if kafka is None and any(isinstance(s, KafkaSourceConfig) for s in sources):
+        raw_sources = top["sources"] if isinstance(top.get("sources"), list) else []
+        wants_kafka = any(isinstance(s, Mapping) and s.get("type") == "kafka" for s in raw_sources)
+        if wants_kafka and top.get("kafka") is None:
             self.problem("kafka", "required because Kafka sources are configured (kafka.bootstrap_servers)")
         subscriber = (
             self.subscriber(top["subscriber"]) if top.get("subscriber") is not None else SubscriberConfig()

@@ -107,7 +107,7 @@ def parse_command(text: str) -> Command:
     command_type = document.get("type")
     if command_type is None:
         raise ProtocolError("command has no type field (expected SUBSCRIBE, UNSUBSCRIBE or REQUEST)")
-    if command_type not in _ERROR_TYPES:
+    if not isinstance(command_type, str) or command_type not in _ERROR_TYPES:
         raise ProtocolError(
             f"unknown command type {_short(command_type)} (expected SUBSCRIBE, UNSUBSCRIBE or REQUEST)"
         )

@@ -85,3 +85,29 @@ async def _stop(service: IService) -> None:
 async def _maybe(result: object) -> None:
     if isinstance(result, Deferred):
         await result
+
+
+def exit_cleanly_on_signals(reactor: Any) -> None:
+    """
+    Make SIGTERM and SIGINT stop the reactor like any shutdown, so that
+    twistd exits 0 after a graceful stop (by default it re-raises the
+    signal and exits 143 or 130, which service managers count as failure).
+
+    Installed once the reactor runs, replacing the reactor's own handlers.
+    """
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        reactor.callFromThread(_stop_reactor, reactor, signal.Signals(signum).name)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    reactor.callWhenRunning(install)
+
+
+def _stop_reactor(reactor: Any, name: str) -> None:
+    KiwiService.log.info("received {signal}, shutting down", signal=name)
+    if reactor.running:
+        reactor.stop()

@@ -56,7 +56,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from kiwi.service import KiwiService
+    from kiwi.service import KiwiService, exit_cleanly_on_signals
 
     set_level(options["log-level"])
+    exit_cleanly_on_signals(reactor)
     return KiwiService(options.config, reactor)

@@ -63,7 +63,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             self._handle(payload, isBinary)
         except Exception:
             self._log.failure("{conn_id} failed handling a message", conn_id=self.conn_id)
-            self.sendClose(CLOSE_INTERNAL_ERROR)
+            self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
@@ -112,6 +112,13 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             reply = protocol.command_error(command_type, command.source_id, str(e))
         self._send(reply)
 
+    def close_with(self, code: int, reason: str) -> None:
+        """
+        Start a closing handshake with any code, including the protocol
+        codes (1001, 1008, 1011) that Autobahn's C{sendClose} reserves.
+        """
+        self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
+
     def _send(self, payload: bytes) -> None:
         self.sendMessage(payload, isBinary=False)
 
@@ -156,7 +163,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         Start a closing handshake with every client.
         """
         for connection in list(self.connections):
-            connection.sendClose(code, reason)
+            connection.close_with(code, reason)
 
 
 class _WebSocketEntry(Resource):

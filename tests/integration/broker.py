@@ -161,7 +161,8 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 1, timeout: float
     """
     Create C{topic} and wait until its metadata shows every partition.
     """
-    futures = admin(bootstrap).create_topics([NewTopic(topic, partitions, 1)], operation_timeout=timeout)
+    client = admin(bootstrap)  # must outlive the futures
+    futures = client.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=timeout)
     futures[topic].result(timeout)
     _wait_partitions(bootstrap, topic, partitions, timeout)
 
@@ -170,7 +171,8 @@ def add_partitions(bootstrap: str, topic: str, total: int, timeout: float = 20.0
     """
     Grow C{topic} to C{total} partitions.
     """
-    futures = admin(bootstrap).create_partitions([NewPartitions(topic, total)], operation_timeout=timeout)
+    client = admin(bootstrap)  # must outlive the futures
+    futures = client.create_partitions([NewPartitions(topic, total)], operation_timeout=timeout)
     futures[topic].result(timeout)
     _wait_partitions(bootstrap, topic, total, timeout)
 

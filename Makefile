@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 run: venv
-	$(BIN)/python -m kiwi.demo
+	$(BIN)/python demo/run.py
 
 test: venv
 	$(BIN)/trial --jobs 2 tests

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test unit integration typecheck bench clean
+.PHONY: venv run test integration typecheck bench clean
 
 venv: $(STAMP)
 
@@ -21,9 +21,6 @@ run: venv
 
 test: venv
 	$(BIN)/trial --jobs 2 tests
-
-unit: venv
-	$(BIN)/trial tests --exclude tests.integration 2>/dev/null || $(BIN)/trial tests.test_config tests.test_protocol tests.test_flow tests.test_registry tests.test_counter tests.test_ws tests.test_kafka_source tests.test_tap
 
 integration: venv
 	$(BIN)/trial tests.integration

@@ -73,10 +73,16 @@ class ServerConfig:
     The listening side.
 
     @ivar listen: A Twisted strports endpoint description.
+    @ivar ping_interval_s: Seconds between WebSocket pings to each client
+        (0: no pings).
+    @ivar ping_timeout_s: Seconds a client has to answer a ping before it
+        is considered gone and disconnected.
     """
 
     listen: str
     healthcheck: bool = True
+    ping_interval_s: float = 30.0
+    ping_timeout_s: float = 10.0
 
 
 @attrs.frozen
@@ -88,10 +94,18 @@ class SubscriberConfig:
         it has no credit (C{None}: none, events without credit are dropped).
     @ivar lag_notice_threshold: How many missed events earn a C{LAG} notice
         (C{None}: no notices).
+
+    @ivar max_pending_bytes: How many bytes of messages may wait for one
+        slow connection before its events are dropped (see
+        C{docs/flow-control.md}).
+    @ivar slow_client_timeout_s: How long a connection may stay over that
+        budget before it is closed with 1008.
     """
 
     buffer_capacity: int | None = None
     lag_notice_threshold: int | None = None
+    max_pending_bytes: int = 1024 * 1024
+    slow_client_timeout_s: float = 30.0
 
 
 @attrs.frozen
@@ -235,6 +249,20 @@ class _Reader:
             default,
         )
 
+    def number(
+        self, section: Mapping[str, Any], key_path: str, key: str, default: float, minimum: float
+    ) -> float:
+        return float(
+            self.typed(
+                section,
+                key_path,
+                key,
+                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= minimum,
+                f"a number >= {minimum:g}",
+                default,
+            )
+        )
+
     def optional_integer(
         self, section: Mapping[str, Any], key_path: str, key: str, minimum: int
     ) -> int | None:
@@ -272,7 +300,11 @@ class _Reader:
         return KiwiConfig(path=path, server=server, sources=sources, kafka=kafka, subscriber=subscriber)
 
     def server(self, value: object, reactor: IReactorCore) -> ServerConfig | None:
-        section = self.mapping(value, "server", allowed=("address", "listen", "tls", "healthcheck"))
+        section = self.mapping(
+            value,
+            "server",
+            allowed=("address", "listen", "tls", "healthcheck", "ping_interval_s", "ping_timeout_s"),
+        )
         if section is None:
             return None
         healthcheck = self.boolean(section, "server", "healthcheck", True)
@@ -305,7 +337,13 @@ class _Reader:
         except Exception as e:
             self.problem(key_path, f"not a usable endpoint ({listen!r}): {e}")
             return None
-        return ServerConfig(listen=listen, healthcheck=healthcheck)
+        defaults = ServerConfig(listen=listen)
+        return ServerConfig(
+            listen=listen,
+            healthcheck=healthcheck,
+            ping_interval_s=self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0),
+            ping_timeout_s=self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1),
+        )
 
     def tls(self, value: object, listen: str, key_path: str) -> str | None:
         section = self.mapping(value, "server.tls", allowed=("cert", "key"), required=("cert", "key"))
@@ -423,6 +461,7 @@ class _Reader:
         enabled = self.boolean(section, "kafka", "partition_discovery_enabled", True)
         interval = self.integer(section, "kafka", "partition_discovery_interval_ms", 300_000, 1)
         extra: list[tuple[str, str]] = []
+        problems_before = len(self.problems)
         if section.get("config") is not None:
             config = section["config"]
             if not isinstance(config, Mapping):
@@ -438,20 +477,40 @@ class _Reader:
                     extra.append((key, text))
         if not bootstrap:
             return None
-        return KafkaConfig(
+        kafka = KafkaConfig(
             bootstrap_servers=bootstrap,
             partition_discovery_enabled=enabled,
             partition_discovery_interval_ms=interval,
             config=tuple(extra),
         )
+        if extra and len(self.problems) == problems_before:
+            from kiwi.sources._confluent import check_settings
+            from kiwi.sources.kafka import consumer_settings
+
+            complaint = check_settings(consumer_settings(KafkaSourceConfig(id="check", topic="check"), kafka))
+            if complaint is not None:
+                self.problem("kafka.config", f"librdkafka refuses these properties: {complaint}")
+                return None
+        return kafka
 
     def subscriber(self, value: object) -> SubscriberConfig:
-        section = self.mapping(value, "subscriber", allowed=("buffer_capacity", "lag_notice_threshold"))
+        section = self.mapping(
+            value,
+            "subscriber",
+            allowed=("buffer_capacity", "lag_notice_threshold", "max_pending_bytes", "slow_client_timeout_s"),
+        )
         if section is None:
             return SubscriberConfig()
+        defaults = SubscriberConfig()
         return SubscriberConfig(
             buffer_capacity=self.optional_integer(section, "subscriber", "buffer_capacity", 1),
             lag_notice_threshold=self.optional_integer(section, "subscriber", "lag_notice_threshold", 1),
+            max_pending_bytes=self.integer(
+                section, "subscriber", "max_pending_bytes", defaults.max_pending_bytes, 1024
+            ),
+            slow_client_timeout_s=self.number(
+                section, "subscriber", "slow_client_timeout_s", defaults.slow_client_timeout_s, 0.1
+            ),
         )
 
     def hooks(self, value: object) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from kiwi.logs import logger
@@ -18,6 +18,12 @@ from twisted.web.server import Site
 from kiwi.ws import CLOSE_GOING_AWAY, KiwiServerFactory, wait_closed
 
 SHUTDOWN_TIMEOUT_S = 5.0
+
+
+def _exit_failed() -> None:
+    import os
+
+    os._exit(1)
 
 
 class ListenerService(Service):
@@ -61,16 +67,19 @@ class ListenerService(Service):
 
     def _failed(self, failure: Failure) -> None:
         self._failure = failure
-        self.log.failure("cannot listen on {description}", failure, description=self.description)
+        self.log.critical(
+            "cannot listen on {description}: {error}",
+            description=self.description,
+            error=failure.getErrorMessage(),
+        )
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.errback(failure)
-        # Without a listener Kiwi is useless: stop rather than idle.
-        from twisted.internet.interfaces import IReactorCore
-
-        reactor: IReactorCore = self._reactor
-        if reactor.running:
-            reactor.stop()
+        # Without a listener Kiwi is useless: stop, and exit non-zero so
+        # that service managers see the failure.
+        reactor = self._reactor
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        reactor.callWhenRunning(reactor.stop)
 
     def when_listening(self) -> Deferred[IListeningPort]:
         """
@@ -90,7 +99,7 @@ class ListenerService(Service):
 
     async def _stop(self) -> None:
         if self._port is not None:
-            await self._port.stopListening()
+            await maybeDeferred(self._port.stopListening)
             self._port = None
         self._factory.close_all(CLOSE_GOING_AWAY, "server shutting down")
         await wait_closed(self._factory, self._reactor, SHUTDOWN_TIMEOUT_S)

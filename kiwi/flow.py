@@ -8,11 +8,13 @@ Rules (see C{docs/flow-control.md}):
   - otherwise it is kept in the buffer, if there is one; a full buffer drops
     its oldest event to make room;
   - otherwise it is dropped;
-  - every dropped event counts as missed; when the missed count reaches the
-    lag notice threshold, one C{LAG} notice reports it, and no other until
-    the subscription has received an event again (one notice per crossing);
-  - C{REQUEST n} adds C{n} credits and immediately delivers what the buffer
-    holds, oldest first, up to the credit.
+  - every dropped event counts as missed until the subscription receives
+    an event again; each time the missed count reaches a multiple of the
+    lag notice threshold, a C{LAG} notice reports the count so far (so at
+    most one notice per C{threshold} dropped events: no storm);
+  - C{REQUEST n} adds C{n} credits (the total saturates at 2^53) and
+    immediately delivers what the buffer holds, oldest first, up to the
+    credit.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+MAX_CREDITS = 2**53
+"""
+Outstanding credit saturates here, so C{REQUEST_OK}'s C{requests} stays
+exact for JavaScript clients.
+"""
 
 
 class PullFlow(Generic[T]):
@@ -38,7 +46,6 @@ class PullFlow(Generic[T]):
         self._buffer: deque[T] = deque()
         self._capacity = buffer_capacity or 0
         self._threshold = lag_notice_threshold
-        self._lag_reported = False
 
     @property
     def buffered(self) -> int:
@@ -63,8 +70,7 @@ class PullFlow(Generic[T]):
             self._buffer.popleft()
             self._buffer.append(event)
         self.missed += 1
-        if self._threshold is not None and not self._lag_reported and self.missed >= self._threshold:
-            self._lag_reported = True
+        if self._threshold is not None and self.missed % self._threshold == 0:
             notify_lag(self.missed)
 
     def request(self, n: int, deliver: Callable[[T], None]) -> int:
@@ -73,7 +79,7 @@ class PullFlow(Generic[T]):
 
         @return: The credits still outstanding.
         """
-        self.credits += n
+        self.credits = min(self.credits + n, MAX_CREDITS)
         while self.credits and self._buffer:
             self.credits -= 1
             self._delivered()
@@ -82,4 +88,80 @@ class PullFlow(Generic[T]):
 
     def _delivered(self) -> None:
         self.missed = 0
-        self._lag_reported = False
+
+
+class Outbox(Generic[T]):
+    """
+    What waits to be written to one connection, within a byte budget.
+
+    The connection's transport pauses and resumes the outbox (Twisted's
+    push-producer signals): while it is not paused and nothing waits, items
+    are written at once. Otherwise they queue, oldest first. Event items
+    (those put with a C{source_id}) that would take the queue over
+    C{budget} bytes are dropped instead and counted per source; everything
+    else (replies, notices) always queues, so that nothing the client asked
+    for is lost and order is kept.
+
+    @ivar dropped: Events dropped per source since the queue last drained.
+    """
+
+    def __init__(self, budget: int, write: Callable[[T], None]) -> None:
+        self.paused = False
+        self.pending_bytes = 0
+        self.dropped: dict[str, int] = {}
+        self._budget = budget
+        self._write = write
+        self._queue: deque[tuple[T, int]] = deque()
+
+    @property
+    def pending(self) -> int:
+        """
+        How many items wait.
+        """
+        return len(self._queue)
+
+    @property
+    def over_budget(self) -> bool:
+        """
+        Whether events have been dropped since the queue last drained.
+        """
+        return bool(self.dropped)
+
+    def put(self, item: T, size: int, source_id: str | None = None) -> bool:
+        """
+        Write, queue or (for events over budget) drop C{item}.
+
+        @return: C{False} if the item was dropped.
+        """
+        if not self.paused and not self._queue:
+            self._write(item)
+            return True
+        if source_id is not None and self.pending_bytes + size > self._budget:
+            self.dropped[source_id] = self.dropped.get(source_id, 0) + 1
+            return False
+        self._queue.append((item, size))
+        self.pending_bytes += size
+        return True
+
+    def pause(self) -> None:
+        """
+        The transport has enough to write: hold further items.
+        """
+        self.paused = True
+
+    def resume(self) -> dict[str, int]:
+        """
+        The transport drained: write what waits until it pauses us again.
+
+        @return: The drop counts per source if the queue emptied (the caller
+            owes each source a lag notice); otherwise an empty mapping.
+        """
+        self.paused = False
+        while self._queue and not self.paused:
+            item, size = self._queue.popleft()
+            self.pending_bytes -= size
+            self._write(item)
+        if self._queue or self.paused or not self.dropped:
+            return {}
+        dropped, self.dropped = self.dropped, {}
+        return dropped

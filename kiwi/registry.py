@@ -30,11 +30,15 @@ class Frame:
     One encoded message shared by every subscriber it is sent to.
 
     @ivar payload: The UTF-8 JSON text of the message.
+    @ivar event_source: For an event, the id of its source: a connection
+        that cannot keep up may drop it (and counts it against that
+        source). C{None} for replies and notices, which are never dropped.
     @ivar prepared: A transport's cache of the framed bytes, so that framing
         too happens once (see L{kiwi.ws}).
     """
 
     payload: bytes
+    event_source: str | None = None
     prepared: Any = None
 
 
@@ -174,7 +178,7 @@ class Registry:
             return
         targets = list(subscriptions.values())
         for event in events:
-            frame = Frame(protocol.encode_result(event))
+            frame = Frame(protocol.encode_result(event), source_id)
             for subscription in targets:
                 if subscription.pull is None:
                     subscription.subscriber.send_frame(frame)

@@ -32,7 +32,10 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
     from kiwi.sources.kafka import KafkaSource
 
     assert kiwi.kafka is not None, "validated by kiwi.config"
-    return KafkaSource(config, kiwi.kafka, sink, reactor)
+    # A reader at full speed must never see a whole turn's fan-out exceed
+    # its outbox budget.
+    turn_bytes = max(4096, kiwi.subscriber.max_pending_bytes // 4)
+    return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
 
 
 class KiwiService(MultiService):
@@ -57,7 +60,7 @@ class KiwiService(MultiService):
             source = build_source(source_config, config, self.registry, reactor)
             self.registry.add_source(source)
             IService(source).setServiceParent(sources)
-        self.factory = KiwiServerFactory(self.registry)
+        self.factory = KiwiServerFactory(self.registry, reactor, config.server)
         site = build_site(self.factory, config.server.healthcheck)
         self.listener = ListenerService(reactor, config.server.listen, site, self.factory)
         # The listener goes last, so that it stops first.
@@ -100,9 +103,17 @@ def exit_cleanly_on_signals(reactor: Any) -> None:
     def stop(signum: int, frame: object) -> None:
         reactor.callFromThread(_stop_reactor, reactor, signal.Signals(signum).name)
 
+    def hangup(signum: int, frame: object) -> None:
+        # TODO(#6): reload the configuration.
+        reactor.callFromThread(
+            KiwiService.log.warn,
+            "received SIGHUP: configuration reload is not supported yet; restart Kiwi to apply changes",
+        )
+
     def install() -> None:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hangup)
 
     reactor.callWhenRunning(install)
 

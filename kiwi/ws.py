@@ -16,7 +16,7 @@ from typing import Any
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
 from kiwi.logs import logger
 from twisted.web.resource import Resource
@@ -24,20 +24,33 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from kiwi import protocol
+from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
+from kiwi.flow import Outbox
 from kiwi.protocol import ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
 from kiwi.registry import Frame, ISubscriber, Registry
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
+
+FRAME_OVERHEAD = 10
+"""
+Bytes a WebSocket frame header adds to a payload (at most), for budgets.
+"""
 
 _conn_ids = itertools.count(1)
 
 
-@implementer(ISubscriber)
+@implementer(ISubscriber, IPushProducer)
 class KiwiServerProtocol(WebSocketServerProtocol):
     """
     One client connection.
+
+    Everything Kiwi sends goes through an L{Outbox} that the transport
+    pauses and resumes (the protocol is the transport's push producer), so
+    a client that reads slowly costs at most the outbox budget plus the
+    transport's own buffer; see C{docs/flow-control.md}.
 
     Autobahn owns C{log}, so our logger is C{_log}. Every entry point that
     Autobahn calls catches everything: Autobahn mishandles what escapes.
@@ -48,6 +61,8 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     conn_id = "-"
     peer_address = "-"
+    _outbox: Outbox[Frame] | None = None
+    _slow_timer: IDelayedCall | None = None
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.conn_id = f"c{next(_conn_ids)}"
@@ -55,8 +70,48 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
 
     def onOpen(self) -> None:
-        self._log.info("{conn_id} connected from {peer}", conn_id=self.conn_id, peer=self.peer_address)
-        self.factory.connections.add(self)
+        try:
+            self._log.info("{conn_id} connected from {peer}", conn_id=self.conn_id, peer=self.peer_address)
+            self.factory.connections.add(self)
+            self._outbox = Outbox(self.factory.subscriber_config.max_pending_bytes, self._write_frame)
+            self._become_producer()
+        except Exception:
+            self._log.failure("{conn_id} failed opening", conn_id=self.conn_id)
+            self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _become_producer(self) -> None:
+        # Twisted Web's HTTP channel registered itself as the transport's
+        # producer before the connection was handed to us.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.transport.registerProducer(self, True)
+
+    # IPushProducer: the transport's signals about its write buffer.
+
+    def pauseProducing(self) -> None:
+        if self._outbox is not None:
+            self._outbox.pause()
+
+    def resumeProducing(self) -> None:
+        if self._outbox is None:
+            return
+        try:
+            for source_id, count in self._outbox.resume().items():
+                self._log.info(
+                    "{conn_id} dropped {count} events of {source_id} while slow",
+                    conn_id=self.conn_id,
+                    count=count,
+                    source_id=source_id,
+                )
+                self._outbox.put(Frame(protocol.lag_notice(source_id, count)), 64)
+            if not self._outbox.over_budget and self._slow_timer is not None:
+                self._slow_timer.cancel()
+                self._slow_timer = None
+        except Exception:
+            self._log.failure("{conn_id} failed resuming", conn_id=self.conn_id)
+
+    def stopProducing(self) -> None:
+        pass
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
@@ -67,6 +122,10 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
+            if self._slow_timer is not None and self._slow_timer.active():
+                self._slow_timer.cancel()
+            self._slow_timer = None
+            self._outbox = None
             self.factory.connections.discard(self)
             self.factory.registry.disconnect(self)
             if self.conn_id != "-":
@@ -112,6 +171,13 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             reply = protocol.command_error(command_type, command.source_id, str(e))
         self._send(reply)
 
+    @property
+    def pending_bytes(self) -> int:
+        """
+        Bytes of messages waiting in this connection's outbox.
+        """
+        return self._outbox.pending_bytes if self._outbox is not None else 0
+
     def close_with(self, code: int, reason: str) -> None:
         """
         Start a closing handshake with any code, including the protocol
@@ -120,13 +186,37 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
     def _send(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=False)
+        self.send_frame(Frame(payload))
 
     # ISubscriber
 
     def send_frame(self, frame: Frame) -> None:
         """
-        Queue a shared frame, framing it once for all connections.
+        Hand a frame to the outbox: written now, queued, or (an event, when
+        this connection is over its budget) dropped and counted.
+        """
+        if self._outbox is None:
+            return
+        if self._outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, frame.event_source):
+            return
+        if self._slow_timer is None:
+            timeout = self.factory.subscriber_config.slow_client_timeout_s
+            self._log.warn(
+                "{conn_id} cannot keep up; dropping events (disconnecting in {timeout}s unless it catches up)",
+                conn_id=self.conn_id,
+                timeout=timeout,
+            )
+            self._slow_timer = self.factory.clock.callLater(timeout, self._too_slow)
+
+    def _too_slow(self) -> None:
+        self._slow_timer = None
+        self._log.warn("{conn_id} disconnected: too slow", conn_id=self.conn_id)
+        self.close_with(CLOSE_POLICY_VIOLATION, "client too slow: could not keep up with its subscriptions")
+
+    def _write_frame(self, frame: Frame) -> None:
+        """
+        Write one frame to the transport, framing it once for all
+        connections that share it.
         """
         if self.state != self.STATE_OPEN:
             return
@@ -144,19 +234,29 @@ class KiwiServerFactory(WebSocketServerFactory):
 
     protocol = KiwiServerProtocol
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        clock: IReactorTime | None = None,
+        server_config: ServerConfig | None = None,
+    ) -> None:
         # No url: Autobahn then checks no Host header port, which behind
         # proxies and with port 0 in tests would be wrong anyway.
         super().__init__(server="Kiwi")
         self.registry = registry
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor  # type: ignore[assignment]
+        self.clock: IReactorTime = clock
+        self.subscriber_config: SubscriberConfig = registry.subscriber_config
         self.connections: set[KiwiServerProtocol] = set()
-        self.setProtocolOptions(
-            # Kiwi answers pings and closes itself; no extra server banners.
-            webStatus=False,
-            # Frames are written as they come; coalescing happens in the
-            # transport.
-            autoFragmentSize=0,
-        )
+        options: dict[str, Any] = {"webStatus": False}
+        if server_config is not None and server_config.ping_interval_s > 0:
+            # Pings find half-open connections; the timeout drops them.
+            options["autoPingInterval"] = server_config.ping_interval_s
+            options["autoPingTimeout"] = server_config.ping_timeout_s
+        self.setProtocolOptions(**options)
 
     def close_all(self, code: int, reason: str) -> None:
         """
@@ -223,7 +323,13 @@ def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, A
         detail = source.status()
         detail["subscribers"] = registry.subscriber_count(source.source_id)
         sources[source.source_id] = detail
-    return {"status": "ok", "connections": len(factory.connections), "sources": sources}
+    pending = sum(c.pending_bytes for c in factory.connections)
+    return {
+        "status": "ok",
+        "connections": len(factory.connections),
+        "pending_bytes": pending,
+        "sources": sources,
+    }
 
 
 def build_site(factory: KiwiServerFactory, healthcheck: bool) -> Site:

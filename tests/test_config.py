@@ -49,6 +49,19 @@ def _yaml(text: str) -> str:
     return textwrap.dedent(text)
 
 
+def _allowed_keys(problems: list[str]) -> dict[str, list[str]]:
+    """
+    For each "unknown key" problem, its key path and the keys it lists as
+    allowed.
+    """
+    result = {}
+    for problem in problems:
+        key_path, _, rest = problem.partition(": unknown key (expected one of: ")
+        if rest:
+            result[key_path] = rest.rstrip(")").split(", ")
+    return result
+
+
 class ConfigTestMixin:
     """
     Helpers to parse configuration text against a L{MemoryReactor}.
@@ -228,7 +241,10 @@ class ParseConfigTests(ConfigTestMixin, SynchronousTestCase):
               partition_discovery_enabled: false
               partition_discovery_interval_ms: 1500
               config:
-                security.protocol: SASL_SSL
+                security.protocol: SASL_PLAINTEXT
+                sasl.mechanism: PLAIN
+                sasl.username: kiwi
+                sasl.password: secret
                 fetch.max.bytes: 1048576
                 check.crcs: true
                 api.version.fallback.ms: 0
@@ -243,7 +259,10 @@ class ParseConfigTests(ConfigTestMixin, SynchronousTestCase):
                 partition_discovery_enabled=False,
                 partition_discovery_interval_ms=1500,
                 config=(
-                    ("security.protocol", "SASL_SSL"),
+                    ("security.protocol", "SASL_PLAINTEXT"),
+                    ("sasl.mechanism", "PLAIN"),
+                    ("sasl.username", "kiwi"),
+                    ("sasl.password", "secret"),
                     ("fetch.max.bytes", "1048576"),
                     ("check.crcs", "true"),
                     ("api.version.fallback.ms", "0"),
@@ -426,18 +445,28 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
             """
         )
         self.assertEqual(
-            problems,
+            [problem.partition(" (")[0] for problem in problems],
             [
-                "extra: unknown key (expected one of: sources, kafka, server, hooks, subscriber)",
-                "server.port: unknown key (expected one of: address, listen, tls, healthcheck)",
-                "sources[0].partitions: unknown key (expected one of: type, id, topic)",
-                "sources[1].step: unknown key (expected one of: type, id, interval_ms, min, max, lazy)",
-                "kafka.group_id: unknown key (expected one of: bootstrap_servers, partition_discovery_enabled, "
-                "partition_discovery_interval_ms, config)",
-                "subscriber.buffer: unknown key (expected one of: buffer_capacity, lag_notice_threshold)",
-                "hooks.on_connect: unknown key (expected one of: authenticate, intercept)",
+                "extra: unknown key",
+                "server.port: unknown key",
+                "sources[0].partitions: unknown key",
+                "sources[1].step: unknown key",
+                "kafka.group_id: unknown key",
+                "subscriber.buffer: unknown key",
+                "hooks.on_connect: unknown key",
             ],
         )
+        allowed = _allowed_keys(problems)
+        self.assertEqual(allowed["extra"], ["sources", "kafka", "server", "hooks", "subscriber"])
+        self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic"])
+        self.assertEqual(allowed["sources[1].step"], ["type", "id", "interval_ms", "min", "max", "lazy"])
+        self.assertEqual(allowed["hooks.on_connect"], ["authenticate", "intercept"])
+        self.assertLessEqual({"address", "listen", "tls", "healthcheck"}, set(allowed["server.port"]))
+        self.assertLessEqual(
+            {"bootstrap_servers", "partition_discovery_enabled", "partition_discovery_interval_ms", "config"},
+            set(allowed["kafka.group_id"]),
+        )
+        self.assertLessEqual({"buffer_capacity", "lag_notice_threshold"}, set(allowed["subscriber.buffer"]))
 
     def test_parse_unknownTlsKey(self) -> None:
         """
@@ -881,6 +910,28 @@ class LoadConfigTests(SynchronousTestCase):
             f.write("sources: []\nserver: {listen: 'tcp:0', nope: 1}\n")
         error = self.assertRaises(ConfigErrors, load_config, path, MemoryReactor())
         self.assertEqual(error.path, path)
-        self.assertEqual(
-            error.problems, ["server.nope: unknown key (expected one of: address, listen, tls, healthcheck)"]
-        )
+        self.assertEqual(len(error.problems), 1)
+        self.assertTrue(error.problems[0].startswith("server.nope: unknown key (expected one of: address, listen, "))
+
+
+class LibrdkafkaValidationTests(SynchronousTestCase):
+    """
+    C{kafka.config} is checked by librdkafka itself when the file loads.
+    """
+
+    def test_kafkaConfig_unknownProperty(self) -> None:
+        """
+        A property librdkafka does not know is reported under
+        C{kafka.config}, with librdkafka's own words.
+        """
+        with self.assertRaises(ConfigErrors) as raised:
+            parse_config(
+                b"sources: [{type: kafka, topic: t}]\n"
+                b"kafka: {bootstrap_servers: [k:1], config: {no.such.property: 1}}\n"
+                b"server: {listen: 'tcp:0'}\n",
+                "kiwi.yml",
+                MemoryReactor(),
+            )
+        [problem] = raised.exception.problems
+        self.assertTrue(problem.startswith("kafka.config: librdkafka refuses"), problem)
+        self.assertIn("no.such.property", problem)

@@ -138,13 +138,14 @@ class PullFlowTests(SynchronousTestCase):
         self.offer(flow, 3)
         self.assertEqual(self.out.lags, [3])
 
-    def test_lag_oncePerCrossing(self) -> None:
+    def test_lag_oncePerThresholdMultiple(self) -> None:
         """
-        Further drops send no more notices until an event is delivered.
+        Further drops send one notice each time the missed count reaches
+        another multiple of the threshold, with the running count.
         """
-        flow: PullFlow[int] = PullFlow(None, 2)
+        flow: PullFlow[int] = PullFlow(None, 3)
         self.offer(flow, *range(10))
-        self.assertEqual(self.out.lags, [2])
+        self.assertEqual(self.out.lags, [3, 6, 9])
         self.assertEqual(flow.missed, 10)
 
     def test_lag_rearmedAfterDelivery(self) -> None:
@@ -208,14 +209,12 @@ class _Model:
         self.credits = 0
         self.kept: list[int] = []
         self.missed = 0
-        self.reported = False
         self.delivered: list[int] = []
         self.lags: list[int] = []
 
     def _deliver(self, event: int) -> None:
         self.credits -= 1
         self.missed = 0
-        self.reported = False
         self.delivered.append(event)
 
     def offer(self, event: int) -> None:
@@ -226,12 +225,11 @@ class _Model:
         while len(self.kept) > self.capacity:
             del self.kept[0]
             self.missed += 1
-            if self.threshold is not None and self.missed >= self.threshold and not self.reported:
-                self.reported = True
+            if self.threshold is not None and self.missed % self.threshold == 0:
                 self.lags.append(self.missed)
 
     def request(self, n: int) -> int:
-        self.credits += n
+        self.credits = min(self.credits + n, 2**53)
         while self.credits and self.kept:
             self._deliver(self.kept.pop(0))
         return self.credits

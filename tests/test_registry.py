@@ -292,7 +292,7 @@ class RegistryTests(SynchronousTestCase):
         self.registry.close_source("s", "bye")
         self.registry.close_source("unknown", "bye")
 
-    def test_removeSource(self) -> None:
+    def test_removeSource_closesAndForgets(self) -> None:
         """
         Removing a source closes its subscriptions and makes it unknown.
         """
@@ -347,10 +347,14 @@ class RegistryPullTests(SynchronousTestCase):
 
     def test_pull_lagNotice(self) -> None:
         """
-        Dropping as many events as the threshold sends one C{LAG} notice.
+        Dropping as many events as the threshold sends a C{LAG} notice, and
+        so does each further multiple of it.
         """
         self.registry.publish("s", _events("s", 1, 2, 3, 4, 5, 6))
-        self.assertEqual(self.alice.payloads, [protocol.lag_notice("s", 2)])
+        self.assertEqual(
+            self.alice.payloads,
+            [protocol.lag_notice("s", 2), protocol.lag_notice("s", 4)],
+        )
 
     def test_pull_mixedWithPush(self) -> None:
         """

@@ -146,3 +146,19 @@ class ConfluentConsumer:
         if self._consumer is not None:
             self._consumer.close()
             self._consumer = None
+
+
+def check_settings(settings: Mapping[str, str]) -> str | None:
+    """
+    librdkafka's complaint about C{settings}, or C{None} if it takes them.
+
+    Creating a consumer validates every property; it is closed at once,
+    before it has connected anywhere.
+    """
+    try:
+        consumer = Consumer(dict(settings))
+    except KafkaException as e:
+        error = e.args[0]
+        return str(error.str() if hasattr(error, "str") else error)
+    consumer.close()
+    return None

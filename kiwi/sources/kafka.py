@@ -27,6 +27,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import Interface, implementer
 
 from kiwi.config import KafkaConfig, KafkaSourceConfig
+from kiwi.events import KafkaEvent
 from kiwi.sources import IEventSink, ISource
 
 T = TypeVar("T")
@@ -34,6 +35,13 @@ T = TypeVar("T")
 MAX_BATCH = 1000
 """
 The most records one poll hands to the reactor.
+"""
+
+MAX_TURN_BYTES = 256 * 1024
+"""
+The most key and payload bytes fanned out in one reactor turn. Between
+chunks the reactor writes to sockets, so a client that reads at full speed
+never has a whole large poll queued at once (see C{docs/flow-control.md}).
 """
 
 POLL_TIMEOUT_S = 0.1
@@ -157,6 +165,7 @@ class KafkaSource(Service):
         reactor: Any,
         consumer: IKafkaConsumer | None = None,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
+        max_turn_bytes: int = MAX_TURN_BYTES,
     ) -> None:
         self.config = config
         self.kafka = kafka
@@ -175,6 +184,7 @@ class KafkaSource(Service):
                 return deferToThreadPool(threads, pool, f, *args)
 
         self._run_in_thread = run_in_thread
+        self._max_turn_bytes = max_turn_bytes
         self._run: Deferred[None] | None = None
         self._sleeping: Deferred[None] | None = None
         self._stopping = False
@@ -305,7 +315,7 @@ class KafkaSource(Service):
             batch = await self._call(self._consumer.thd_consume, MAX_BATCH, POLL_TIMEOUT_S)
             if batch.events:
                 self.records_received += len(batch.events)
-                self._sink.publish(self.source_id, batch.events)
+                await self._publish(batch.events)
             if batch.brokers_down:
                 self._set_state("broker unreachable", batch.errors[-1] if batch.errors else None)
             elif batch.events and self.state != "running":
@@ -323,6 +333,22 @@ class KafkaSource(Service):
             ):
                 last_check = self._clock.seconds()
                 await self._discover_partitions()
+
+    async def _publish(self, events: list[KafkaEvent]) -> None:
+        """
+        Fan C{events} out in chunks of at most C{max_turn_bytes}, one chunk
+        per reactor turn.
+        """
+        start = 0
+        size = 0
+        for index, event in enumerate(events):
+            size += len(event.key or b"") + len(event.payload or b"") + 64
+            if size > self._max_turn_bytes and index > start:
+                self._sink.publish(self.source_id, events[start:index])
+                await deferLater(self._clock, 0, lambda: None)
+                start = index
+                size = len(event.key or b"") + len(event.payload or b"") + 64
+        self._sink.publish(self.source_id, events[start:])
 
     async def _discover_partitions(self) -> None:
         try:

@@ -261,3 +261,29 @@ class StartupTests(IntegrationTestCase):
         self.assertEqual(code, 0)
         await client.wait_for(lambda: client.factory.is_closed, 10)
         self.assertEqual(client.factory.close_code, 1001)
+
+
+class ListenFailureTests(IntegrationTestCase):
+    """
+    A port that cannot be bound stops Kiwi with a clear message.
+    """
+
+    async def test_portInUse_exitsNonZero(self) -> None:
+        """
+        When the listening port is taken, Kiwi logs why (no traceback) and
+        exits non-zero instead of idling without a listener.
+        """
+        import socket
+
+        holder = socket.socket()
+        self.addCleanup(holder.close)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        kiwi = KiwiProcess({"sources": [], "server": {"address": f"127.0.0.1:{port}"}})
+        kiwi.spawn()
+        code = await kiwi.wait_exit(timeout=20)
+        self.assertEqual(code, 1)
+        self.assertIn(f"cannot listen on tcp:{port}:interface=127.0.0.1", kiwi.output)
+        self.assertIn("Address already in use", kiwi.output)
+        self.assertNotIn("Traceback", kiwi.output)

@@ -1,0 +1,660 @@
+"""
+Tests for L{kiwi.ws}: the WebSocket protocol driven through real handshakes
+in memory (an Autobahn client over an L{iosim} pump), C{/health} and the
+C{426} reply.
+
+Autobahn's timers go through txaio; its loop is pointed at a L{Clock} for
+each test, so nothing is scheduled on the global reactor.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import txaio
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
+from twisted.web.test.requesthelper import DummyRequest
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from kiwi import protocol
+from kiwi.config import SubscriberConfig
+from kiwi.events import CounterEvent
+from kiwi.registry import Frame, ISubscriber, Registry
+from kiwi.sources import ISource
+from kiwi.ws import (
+    CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
+    HealthResource,
+    KiwiServerFactory,
+    KiwiServerProtocol,
+    _WebSocketEntry,
+    build_site,
+    health_status,
+    wait_closed,
+)
+
+SERVER_ADDRESS = IPv4Address("TCP", "127.0.0.1", 8000)
+CLIENT_ADDRESS = IPv4Address("TCP", "127.0.0.1", 40000)
+
+
+@implementer(ISource)
+class FakeSource:
+    """
+    A source whose status is fixed.
+    """
+
+    source_type = "counter"
+
+    def __init__(self, source_id: str, finished: bool = False) -> None:
+        self.source_id = source_id
+        self.finished = finished
+
+    def subscriber_added(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {"type": "counter", "state": "running", "next": 1}
+
+
+class RecordingClient(WebSocketClientProtocol):
+    """
+    An Autobahn client that records what it receives.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = False
+        self.received: list[tuple[bytes, bool]] = []
+        self.close_info: tuple[bool, int | None, str | None] | None = None
+
+    def onOpen(self) -> None:
+        self.opened = True
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.received.append((payload, isBinary))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.close_info = (wasClean, code, reason)
+
+    def take(self) -> list[bytes]:
+        """
+        The text messages received since the last call.
+        """
+        messages = []
+        for payload, is_binary in self.received:
+            assert not is_binary
+            messages.append(payload)
+        self.received = []
+        return messages
+
+
+class WebSocketTestMixin:
+    """
+    Builds a factory over a registry and connects clients to it in memory.
+    """
+
+    clock: Clock
+    registry: Registry
+    factory: KiwiServerFactory
+
+    def setUpWebSocket(self, subscriber_config: SubscriberConfig = SubscriberConfig()) -> None:
+        """
+        Point txaio at a fresh clock and build the server factory.
+        """
+        self.clock = Clock()
+        self.patch(txaio.config, "loop", self.clock)  # type: ignore[attr-defined]
+        self.registry = Registry(subscriber_config)
+        self.registry.add_source(FakeSource("c"))
+        self.registry.add_source(FakeSource("d"))
+        self.factory = KiwiServerFactory(self.registry, self.clock)
+
+    def connect_protocol(self, server: Any) -> tuple[RecordingClient, iosim.IOPump]:
+        """
+        Connect a new client to the server-side protocol C{server} and
+        complete the handshake.
+        """
+        client_factory = WebSocketClientFactory(url="ws://localhost:8000/", reactor=self.clock)
+        client_factory.protocol = RecordingClient
+        client = client_factory.buildProtocol(SERVER_ADDRESS)
+        server_io = iosim.FakeTransport(server, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS)
+        client_io = iosim.FakeTransport(client, isServer=False, hostAddress=CLIENT_ADDRESS, peerAddress=SERVER_ADDRESS)
+        pump = iosim.connect(server, server_io, client, client_io, clock=self.clock)
+        self.addCleanup(self.disconnect, client, pump)  # type: ignore[attr-defined]
+        return client, pump
+
+    def connect(self) -> tuple[RecordingClient, KiwiServerProtocol, iosim.IOPump]:
+        """
+        A client connected straight to a L{KiwiServerProtocol}.
+        """
+        server = self.factory.buildProtocol(CLIENT_ADDRESS)
+        client, pump = self.connect_protocol(server)
+        self.assertTrue(client.opened)  # type: ignore[attr-defined]
+        return client, server, pump
+
+    def disconnect(self, client: RecordingClient, pump: iosim.IOPump) -> None:
+        """
+        Close the connection if it is open, and let every timer run out.
+        """
+        if client.state == client.STATE_OPEN:
+            client.sendClose()
+        pump.flush()
+        self.clock.advance(120)
+        pump.flush()
+
+    def send(self, client: RecordingClient, pump: iosim.IOPump, command: object) -> list[bytes]:
+        """
+        Send C{command} (JSON-encoded unless bytes) and return the replies.
+        """
+        payload = command if isinstance(command, bytes) else json.dumps(command).encode("utf-8")
+        client.sendMessage(payload, isBinary=False)
+        pump.flush()
+        return client.take()
+
+
+class KiwiServerProtocolTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    Commands over a real WebSocket connection.
+    """
+
+    def setUp(self) -> None:
+        self.setUpWebSocket(SubscriberConfig(buffer_capacity=3))
+
+    def test_protocol_providesISubscriber(self) -> None:
+        """
+        A connection is an L{ISubscriber} for the registry.
+        """
+        client, server, pump = self.connect()
+        self.assertTrue(verifyObject(ISubscriber, server))
+
+    def test_handshake_opens(self) -> None:
+        """
+        After the handshake the connection is open, counted by the factory
+        and has a connection id and the peer address.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(server.state, server.STATE_OPEN)
+        self.assertEqual(self.factory.connections, {server})
+        self.assertRegex(server.conn_id, r"^c\d+$")
+        self.assertEqual(server.peer_address, "tcp4:127.0.0.1:40000")
+        self.assertEqual(client.take(), [])
+
+    def test_handshake_distinctIds(self) -> None:
+        """
+        Each connection gets its own id.
+        """
+        first = self.connect()[1]
+        second = self.connect()[1]
+        self.assertNotEqual(first.conn_id, second.conn_id)
+        self.assertEqual(len(self.factory.connections), 2)
+
+    def test_subscribe_ok(self) -> None:
+        """
+        C{SUBSCRIBE} to a known source replies C{SUBSCRIBE_OK} and registers
+        the subscription.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}), [protocol.subscribe_ok("c")])
+        self.assertEqual(self.registry.subscriber_count("c"), 1)
+
+    def test_subscribe_unknownSource(self) -> None:
+        """
+        C{SUBSCRIBE} to an unknown source replies C{SUBSCRIBE_ERROR}.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "nope"}),
+            [b'{"type":"COMMAND_RESPONSE","data":{"type":"SUBSCRIBE_ERROR","sourceId":"nope","error":"source not found"}}'],
+        )
+        self.assertEqual(server.state, server.STATE_OPEN)
+
+    def test_subscribe_twice(self) -> None:
+        """
+        A second C{SUBSCRIBE} to the same source is refused.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.assertEqual(
+            self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}),
+            [protocol.command_error("SUBSCRIBE", "c", "already subscribed to this source")],
+        )
+
+    def test_subscribe_badMode(self) -> None:
+        """
+        A bad mode gets a C{SUBSCRIBE_ERROR} naming the source.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c", "mode": "x"}),
+            [protocol.command_error("SUBSCRIBE", "c", 'mode must be "push" or "pull", got "x"')],
+        )
+        self.assertEqual(self.registry.subscriber_count("c"), 0)
+
+    def test_unsubscribe_ok(self) -> None:
+        """
+        C{UNSUBSCRIBE} ends a subscription with C{UNSUBSCRIBE_OK}.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.assertEqual(
+            self.send(client, pump, {"type": "UNSUBSCRIBE", "sourceId": "c"}), [protocol.unsubscribe_ok("c")]
+        )
+        self.assertEqual(self.registry.subscriber_count("c"), 0)
+
+    def test_unsubscribe_notSubscribed(self) -> None:
+        """
+        C{UNSUBSCRIBE} without a subscription replies C{UNSUBSCRIBE_ERROR}.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": "UNSUBSCRIBE", "sourceId": "nope"}),
+            [protocol.command_error("UNSUBSCRIBE", "nope", "not subscribed to this source")],
+        )
+
+    def test_push_events(self) -> None:
+        """
+        Events published to a push subscription arrive as C{RESULT} frames,
+        in order.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.registry.publish("c", [CounterEvent("c", 1), CounterEvent("c", 2)])
+        pump.flush()
+        self.assertEqual(
+            client.take(),
+            [protocol.encode_result(CounterEvent("c", 1)), protocol.encode_result(CounterEvent("c", 2))],
+        )
+
+    def test_push_framePreparedOnce(self) -> None:
+        """
+        A frame sent to several connections is framed once and shared.
+        """
+        one, server_one, pump_one = self.connect()
+        two, server_two, pump_two = self.connect()
+        self.send(one, pump_one, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.send(two, pump_two, {"type": "SUBSCRIBE", "sourceId": "c"})
+        prepared = []
+        original = self.factory.prepareMessage
+
+        def prepare(payload: bytes, isBinary: bool = False, **kwargs: Any) -> Any:
+            result = original(payload, isBinary=isBinary, **kwargs)
+            prepared.append(result)
+            return result
+
+        self.patch(self.factory, "prepareMessage", prepare)
+        self.registry.publish("c", [CounterEvent("c", 7)])
+        pump_one.flush()
+        pump_two.flush()
+        self.assertEqual(len(prepared), 1)
+        expected = [protocol.encode_result(CounterEvent("c", 7))]
+        self.assertEqual(one.take(), expected)
+        self.assertEqual(two.take(), expected)
+
+    def test_request_deliversBufferThenReplies(self) -> None:
+        """
+        C{REQUEST} on a pull subscription delivers buffered events first,
+        then C{REQUEST_OK} with the credit left.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c", "mode": "pull"})
+        self.registry.publish("c", [CounterEvent("c", n) for n in (1, 2)])
+        pump.flush()
+        self.assertEqual(client.take(), [])
+        self.assertEqual(
+            self.send(client, pump, {"type": "REQUEST", "sourceId": "c", "n": 5}),
+            [
+                protocol.encode_result(CounterEvent("c", 1)),
+                protocol.encode_result(CounterEvent("c", 2)),
+                protocol.request_ok("c", 3),
+            ],
+        )
+        self.registry.publish("c", [CounterEvent("c", 3)])
+        pump.flush()
+        self.assertEqual(client.take(), [protocol.encode_result(CounterEvent("c", 3))])
+
+    def test_request_pushSubscription(self) -> None:
+        """
+        C{REQUEST} on a push subscription replies C{REQUEST_ERROR}.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.assertEqual(
+            self.send(client, pump, {"type": "REQUEST", "sourceId": "c", "n": 1}),
+            [
+                protocol.command_error(
+                    "REQUEST", "c", "subscription is in push mode; REQUEST applies to pull mode only"
+                )
+            ],
+        )
+
+    def test_request_notSubscribed(self) -> None:
+        """
+        C{REQUEST} for an unknown subscription replies C{REQUEST_ERROR}.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": "REQUEST", "sourceId": "zz", "n": 1}),
+            [protocol.command_error("REQUEST", "zz", "not subscribed to this source")],
+        )
+
+    def test_request_badN(self) -> None:
+        """
+        An invalid C{n} replies C{REQUEST_ERROR}, and the connection stays
+        open.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": "REQUEST", "sourceId": "c", "n": 0}),
+            [protocol.command_error("REQUEST", "c", "n must be at least 1, got 0")],
+        )
+        self.assertEqual(server.state, server.STATE_OPEN)
+
+    def test_message_malformed(self) -> None:
+        """
+        A frame that is not JSON gets an C{ERROR} frame; the connection
+        stays open and keeps working.
+        """
+        client, server, pump = self.connect()
+        replies = self.send(client, pump, b"{not json")
+        self.assertEqual(len(replies), 1)
+        reply = json.loads(replies[0])
+        self.assertEqual(reply["type"], "ERROR")
+        self.assertTrue(reply["data"]["error"].startswith("frame is not valid JSON"))
+        self.assertEqual(server.state, server.STATE_OPEN)
+        self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}), [protocol.subscribe_ok("c")])
+
+    def test_message_unknownType(self) -> None:
+        """
+        An unknown command type gets an C{ERROR} frame.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": "PUBLISH", "sourceId": "c"}),
+            [protocol.error_frame('unknown command type "PUBLISH" (expected SUBSCRIBE, UNSUBSCRIBE or REQUEST)')],
+        )
+
+    def test_message_typeNotString(self) -> None:
+        """
+        A C{type} that is a list gets an C{ERROR} frame, not a closed
+        connection.
+        """
+        client, server, pump = self.connect()
+        self.assertEqual(
+            self.send(client, pump, {"type": ["SUBSCRIBE"], "sourceId": "c"}),
+            [protocol.error_frame("unknown command type list (expected SUBSCRIBE, UNSUBSCRIBE or REQUEST)")],
+        )
+        self.assertEqual(server.state, server.STATE_OPEN)
+
+    def test_message_binary(self) -> None:
+        """
+        A binary frame gets an C{ERROR} frame; the connection stays open.
+        """
+        client, server, pump = self.connect()
+        client.sendMessage(b'{"type":"SUBSCRIBE","sourceId":"c"}', isBinary=True)
+        pump.flush()
+        self.assertEqual(
+            client.take(),
+            [protocol.error_frame("binary frames are not supported; send commands as JSON text")],
+        )
+        self.assertEqual(server.state, server.STATE_OPEN)
+        self.assertEqual(self.registry.subscriber_count("c"), 0)
+
+    def test_message_internalError(self) -> None:
+        """
+        An unexpected error while handling a message is logged and closes
+        the connection with code 1011, without details.
+        """
+        client, server, pump = self.connect()
+
+        def broken(*args: object) -> None:
+            raise RuntimeError("registry bug")
+
+        self.patch(self.registry, "subscribe", broken)
+        self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}), [])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertIsNotNone(client.close_info)
+        assert client.close_info is not None
+        self.assertEqual(client.close_info[1], CLOSE_INTERNAL_ERROR)
+        self.assertEqual(self.factory.connections, set())
+
+    def test_closeSource_notice(self) -> None:
+        """
+        When a source ends, subscribers get a C{SUBSCRIPTION_CLOSED} notice.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.registry.close_source("c", "source ended")
+        pump.flush()
+        self.assertEqual(client.take(), [protocol.subscription_closed("c", "source ended")])
+
+    def test_close_cleansUp(self) -> None:
+        """
+        When a client goes away its subscriptions and its place in the
+        factory are forgotten.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "d", "mode": "pull"})
+        client.sendClose(1000)
+        pump.flush()
+        self.clock.advance(10)
+        pump.flush()
+        self.assertEqual(self.registry.subscriber_count("c"), 0)
+        self.assertEqual(self.registry.subscriber_count("d"), 0)
+        self.assertEqual(self.factory.connections, set())
+        assert client.close_info is not None
+        self.assertEqual(client.close_info[:2], (True, 1000))
+
+    def test_sendFrame_notOpen(self) -> None:
+        """
+        Frames for a connection that is no longer open are dropped.
+        """
+        client, server, pump = self.connect()
+        client.sendClose(1000)
+        pump.flush()
+        self.clock.advance(10)
+        pump.flush()
+        frame = Frame(b"{}")
+        server.send_frame(frame)
+        self.assertIsNone(frame.prepared)
+
+    def test_closeAll_goingAway(self) -> None:
+        """
+        C{close_all} starts a closing handshake with every client.
+        """
+        one, _, pump_one = self.connect()
+        two, _, pump_two = self.connect()
+        self.factory.close_all(CLOSE_GOING_AWAY, "server shutting down")
+        for client, pump in ((one, pump_one), (two, pump_two)):
+            pump.flush()
+            self.clock.advance(10)
+            pump.flush()
+            assert client.close_info is not None
+            self.assertEqual(client.close_info[1:], (CLOSE_GOING_AWAY, "server shutting down"))
+        self.assertEqual(self.factory.connections, set())
+
+
+class HttpTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    C{/health}, the C{426} reply and the site as a whole.
+    """
+
+    def setUp(self) -> None:
+        self.setUpWebSocket()
+
+    def test_healthStatus_counts(self) -> None:
+        """
+        C{health_status} reports every source's status with its subscriber
+        count, and the number of open connections.
+        """
+        self.registry.subscribe(_Subscriber(), "c", "push")
+        self.connect()
+        status = health_status(self.registry, self.factory)
+        self.assertEqual(status["status"], "ok")
+        self.assertEqual(status["connections"], 1)
+        self.assertEqual(
+            status["sources"],
+            {
+                "c": {"type": "counter", "state": "running", "next": 1, "subscribers": 1},
+                "d": {"type": "counter", "state": "running", "next": 1, "subscribers": 0},
+            },
+        )
+        self.assertEqual(json.loads(json.dumps(status)), status)
+
+    def test_health_renders(self) -> None:
+        """
+        C{GET /health} answers compact JSON, uncached.
+        """
+        resource = HealthResource(lambda: {"status": "ok", "sources": {}})
+        request = DummyRequest([b""])
+        body = resource.render(request)
+        self.assertEqual(body, b'{"status":"ok","sources":{}}\n')
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"cache-control"), [b"no-store"])
+
+    def test_entry_plainGet(self) -> None:
+        """
+        A plain C{GET /} gets C{426 Upgrade Required}.
+        """
+        request = DummyRequest([b""])
+        body = _WebSocketEntry(self.factory).render(request)
+        self.assertEqual(request.responseCode, 426)
+        self.assertEqual(request.responseMessage, b"Upgrade Required")
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"upgrade"), [b"websocket"])
+        self.assertIn(b"WebSocket", body)
+
+    def test_site_healthOverHttp(self) -> None:
+        """
+        Through the site, C{GET /health} answers 200 and the status JSON.
+        """
+        response = self.http(build_site(self.factory, healthcheck=True), b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, body = response.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertIn(b"application/json", head.lower())
+        self.assertEqual(json.loads(body)["sources"]["c"]["subscribers"], 0)
+
+    def test_site_rootOverHttp(self) -> None:
+        """
+        Through the site, a plain C{GET /} answers 426.
+        """
+        response = self.http(build_site(self.factory, healthcheck=True), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(response.startswith(b"HTTP/1.1 426 Upgrade Required\r\n"), response)
+        self.assertIn(b"\r\nUpgrade: websocket\r\n", response)
+
+    def test_site_healthDisabled(self) -> None:
+        """
+        Without the healthcheck, C{/health} is not found.
+        """
+        response = self.http(build_site(self.factory, healthcheck=False), b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(response.startswith(b"HTTP/1.1 404 "), response)
+
+    def test_site_websocketUpgrade(self) -> None:
+        """
+        A WebSocket handshake at C{/} through the site reaches Kiwi's
+        protocol.
+        """
+        site = self.site(build_site(self.factory, healthcheck=True))
+        client, pump = self.connect_protocol(site.buildProtocol(CLIENT_ADDRESS))
+        self.assertTrue(client.opened)
+        self.assertEqual(len(self.factory.connections), 1)
+        self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}), [protocol.subscribe_ok("c")])
+
+    def site(self, site: Site) -> Site:
+        """
+        Make C{site} keep its timers on the test clock.
+        """
+        site.reactor = self.clock
+        return site
+
+    def http(self, site: Site, request: bytes) -> bytes:
+        """
+        Send one raw HTTP request through C{site} and return the response.
+        """
+        channel = self.site(site).buildProtocol(CLIENT_ADDRESS)
+        transport = iosim.FakeTransport(channel, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS)
+        channel.makeConnection(transport)
+        channel.dataReceived(request)
+        response = transport.getOutBuffer()
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        return response
+
+
+@implementer(ISubscriber)
+class _Subscriber:
+    conn_id = "x"
+
+    def send_frame(self, frame: Frame) -> None:
+        pass
+
+
+class _FakeConnection:
+    """
+    Stands in for a connection in L{wait_closed} tests.
+    """
+
+    def __init__(self, connections: set[Any]) -> None:
+        self.connections = connections
+        self.dropped = False
+
+    def dropConnection(self, abort: bool = False) -> None:
+        self.dropped = abort
+
+
+class WaitClosedTests(SynchronousTestCase):
+    """
+    L{wait_closed} waits for connections to go, up to a timeout.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.patch(txaio.config, "loop", self.clock)
+        self.factory = KiwiServerFactory(Registry(), self.clock)
+
+    def wait(self, timeout: float) -> Deferred[None]:
+        """
+        Start waiting.
+        """
+        return Deferred.fromCoroutine(wait_closed(self.factory, self.clock, timeout))
+
+    def test_waitClosed_noConnections(self) -> None:
+        """
+        Without connections it returns at once.
+        """
+        self.assertIsNone(self.successResultOf(self.wait(5)))
+
+    def test_waitClosed_connectionsLeave(self) -> None:
+        """
+        It returns once the last connection has gone.
+        """
+        connection = _FakeConnection(self.factory.connections)
+        self.factory.connections.add(connection)  # type: ignore[arg-type]
+        d = self.wait(5)
+        self.clock.advance(1)
+        self.assertNoResult(d)
+        self.factory.connections.clear()
+        self.clock.advance(0.05)
+        self.successResultOf(d)
+        self.assertFalse(connection.dropped)
+
+    def test_waitClosed_timeoutDrops(self) -> None:
+        """
+        Connections still there after the timeout are aborted.
+        """
+        connection = _FakeConnection(self.factory.connections)
+        self.factory.connections.add(connection)  # type: ignore[arg-type]
+        d = self.wait(1)
+        self.clock.pump([0.05] * 25)
+        self.successResultOf(d)
+        self.assertTrue(connection.dropped)
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])

@@ -77,12 +77,15 @@ class ServerConfig:
         (0: no pings).
     @ivar ping_timeout_s: Seconds a client has to answer a ping before it
         is considered gone and disconnected.
+    @ivar shutdown_timeout_s: How long a graceful stop may take before
+        what is left is dropped.
     """
 
     listen: str
     healthcheck: bool = True
     ping_interval_s: float = 30.0
     ping_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 10.0
 
 
 @attrs.frozen
@@ -109,6 +112,30 @@ class SubscriberConfig:
 
 
 @attrs.frozen
+class ReloadConfig:
+    """
+    Run-time reload triggers besides SIGHUP.
+
+    @ivar watch: Reload when the configuration file changes.
+    @ivar watch_interval_ms: How often the file is checked; a change is
+        applied once the file has stayed the same for one more interval.
+    """
+
+    watch: bool = False
+    watch_interval_ms: int = 1000
+
+
+@attrs.frozen
+class LoggingConfig:
+    """
+    @ivar format: C{text} (twistd's lines) or C{json} (one JSON object per
+        line on standard output).
+    """
+
+    format: str = "text"
+
+
+@attrs.frozen
 class KiwiConfig:
     """
     A complete, validated configuration.
@@ -119,6 +146,8 @@ class KiwiConfig:
     sources: tuple[SourceConfig, ...]
     kafka: KafkaConfig | None = None
     subscriber: SubscriberConfig = SubscriberConfig()
+    reload: ReloadConfig = ReloadConfig()
+    logging: LoggingConfig = LoggingConfig()
 
 
 def load_config(path: str, reactor: IReactorCore) -> KiwiConfig:
@@ -278,7 +307,7 @@ class _Reader:
         top = self.mapping(
             document,
             "(top level)",
-            allowed=("sources", "kafka", "server", "hooks", "subscriber"),
+            allowed=("sources", "kafka", "server", "hooks", "subscriber", "reload", "logging"),
             required=("sources", "server"),
         )
         if top is None:
@@ -295,15 +324,52 @@ class _Reader:
         )
         if top.get("hooks") is not None:
             self.hooks(top["hooks"])
+        reload = self.reload(top["reload"]) if top.get("reload") is not None else ReloadConfig()
+        logging = self.logging(top["logging"]) if top.get("logging") is not None else LoggingConfig()
         if server is None:
             return None
-        return KiwiConfig(path=path, server=server, sources=sources, kafka=kafka, subscriber=subscriber)
+        return KiwiConfig(
+            path=path,
+            server=server,
+            sources=sources,
+            kafka=kafka,
+            subscriber=subscriber,
+            reload=reload,
+            logging=logging,
+        )
+
+    def reload(self, value: object) -> ReloadConfig:
+        section = self.mapping(value, "reload", allowed=("watch", "watch_interval_ms"))
+        if section is None:
+            return ReloadConfig()
+        return ReloadConfig(
+            watch=self.boolean(section, "reload", "watch", False),
+            watch_interval_ms=self.integer(section, "reload", "watch_interval_ms", 1000, 50),
+        )
+
+    def logging(self, value: object) -> LoggingConfig:
+        section = self.mapping(value, "logging", allowed=("format",))
+        if section is None:
+            return LoggingConfig()
+        return LoggingConfig(
+            format=self.typed(
+                section, "logging", "format", lambda v: v in ("text", "json"), "text or json", "text"
+            )
+        )
 
     def server(self, value: object, reactor: IReactorCore) -> ServerConfig | None:
         section = self.mapping(
             value,
             "server",
-            allowed=("address", "listen", "tls", "healthcheck", "ping_interval_s", "ping_timeout_s"),
+            allowed=(
+                "address",
+                "listen",
+                "tls",
+                "healthcheck",
+                "ping_interval_s",
+                "ping_timeout_s",
+                "shutdown_timeout_s",
+            ),
         )
         if section is None:
             return None
@@ -343,6 +409,9 @@ class _Reader:
             healthcheck=healthcheck,
             ping_interval_s=self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0),
             ping_timeout_s=self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1),
+            shutdown_timeout_s=self.number(
+                section, "server", "shutdown_timeout_s", defaults.shutdown_timeout_s, 0.1
+            ),
         )
 
     def tls(self, value: object, listen: str, key_path: str) -> str | None:
@@ -536,3 +605,48 @@ def _join(key_path: str, key: str) -> str:
     if key_path == "(top level)":
         return key
     return f"{key_path}.{key}"
+
+
+@attrs.frozen
+class SourceChanges:
+    """
+    How the sources of two configurations differ, by source id.
+    """
+
+    added: tuple[SourceConfig, ...]
+    removed: tuple[str, ...]
+    changed: tuple[SourceConfig, ...]
+    unchanged: tuple[str, ...]
+
+
+def diff_sources(old: KiwiConfig, new: KiwiConfig) -> SourceChanges:
+    """
+    Compare sources by id. A Kafka source also counts as changed when the
+    C{kafka} section changed, since its consumer is built from both.
+    """
+    before = {source.id: source for source in old.sources}
+    after = {source.id: source for source in new.sources}
+    kafka_changed = old.kafka != new.kafka
+    added = tuple(source for source_id, source in after.items() if source_id not in before)
+    removed = tuple(source_id for source_id in before if source_id not in after)
+    changed = []
+    unchanged = []
+    for source_id, source in after.items():
+        if source_id not in before:
+            continue
+        if before[source_id] != source or (isinstance(source, KafkaSourceConfig) and kafka_changed):
+            changed.append(source)
+        else:
+            unchanged.append(source_id)
+    return SourceChanges(added, removed, tuple(changed), tuple(unchanged))
+
+
+def restart_required(old: KiwiConfig, new: KiwiConfig) -> list[str]:
+    """
+    The changed keys that only a restart can apply (they are kept as they
+    were by a reload).
+    """
+    keys = []
+    if old.server.listen != new.server.listen:
+        keys.append("server.address/server.listen/server.tls (the listening endpoint)")
+    return keys

@@ -17,7 +17,7 @@ from twisted.web.server import Site
 
 from kiwi.ws import CLOSE_GOING_AWAY, KiwiServerFactory, wait_closed
 
-SHUTDOWN_TIMEOUT_S = 5.0
+SHUTDOWN_TIMEOUT_S = 10.0
 
 
 def _exit_failed() -> None:
@@ -37,8 +37,16 @@ class ListenerService(Service):
     log = logger()
     name = "listener"
 
-    def __init__(self, reactor: Any, description: str, site: Site, factory: KiwiServerFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        description: str,
+        site: Site,
+        factory: KiwiServerFactory,
+        shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+    ) -> None:
         self._reactor = reactor
+        self.shutdown_timeout_s = shutdown_timeout_s
         self.description = description
         self._site = site
         self._factory = factory
@@ -102,4 +110,5 @@ class ListenerService(Service):
             await maybeDeferred(self._port.stopListening)
             self._port = None
         self._factory.close_all(CLOSE_GOING_AWAY, "server shutting down")
-        await wait_closed(self._factory, self._reactor, SHUTDOWN_TIMEOUT_S)
+        # Leave part of the budget for the sources to stop.
+        await wait_closed(self._factory, self._reactor, self.shutdown_timeout_s / 2)

@@ -54,24 +54,32 @@ class PullFlow(Generic[T]):
         """
         return len(self._buffer)
 
-    def offer(self, event: T, deliver: Callable[[T], None], notify_lag: Callable[[int], None]) -> None:
+    def offer(
+        self, event: T, deliver: Callable[[T], None], notify_lag: Callable[[int], None]
+    ) -> str | None:
         """
         An event arrived from the source: deliver it, buffer it or drop it.
+
+        @return: Why an event was dropped (C{"buffer_full"}: the oldest
+            buffered one; C{"no_credit"}: this one), or C{None}.
         """
         if self.credits > 0:
             self.credits -= 1
             self._delivered()
             deliver(event)
-            return
+            return None
+        reason = "no_credit"
         if self._capacity:
             if len(self._buffer) < self._capacity:
                 self._buffer.append(event)
-                return
+                return None
             self._buffer.popleft()
             self._buffer.append(event)
+            reason = "buffer_full"
         self.missed += 1
         if self._threshold is not None and self.missed % self._threshold == 0:
             notify_lag(self.missed)
+        return reason
 
     def request(self, n: int, deliver: Callable[[T], None]) -> int:
         """

@@ -20,6 +20,7 @@ from kiwi.config import SubscriberConfig
 from kiwi.errors import ClientError
 from kiwi.events import Event
 from kiwi.flow import PullFlow
+from kiwi.metrics import Stats
 from kiwi.protocol import Mode
 from kiwi.sources import IEventSink, ISource
 
@@ -77,8 +78,9 @@ class Registry:
 
     log = logger()
 
-    def __init__(self, subscriber_config: SubscriberConfig = SubscriberConfig()) -> None:
+    def __init__(self, subscriber_config: SubscriberConfig = SubscriberConfig(), stats: Stats | None = None) -> None:
         self.subscriber_config = subscriber_config
+        self.stats = stats if stats is not None else Stats()
         self._sources: dict[str, ISource] = {}
         self._by_source: dict[str, dict[ISubscriber, Subscription]] = {}
         self._by_subscriber: dict[ISubscriber, dict[str, Subscription]] = {}
@@ -111,6 +113,17 @@ class Registry:
         How many connections subscribe to C{source_id}.
         """
         return len(self._by_source.get(source_id, ()))
+
+    def subscription_counts(self) -> dict[tuple[str, str], int]:
+        """
+        Subscriptions per (source id, mode), for metrics.
+        """
+        counts: dict[tuple[str, str], int] = {}
+        for source_id, subscriptions in self._by_source.items():
+            for subscription in subscriptions.values():
+                key = (source_id, subscription.mode)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     # Commands
 
@@ -173,21 +186,25 @@ class Registry:
     # IEventSink
 
     def publish(self, source_id: str, events: Sequence[Event]) -> None:
+        self.stats.received[source_id] += len(events)
         subscriptions = self._by_source.get(source_id)
         if not subscriptions:
             return
         targets = list(subscriptions.values())
+        dropped = self.stats.dropped
         for event in events:
             frame = Frame(protocol.encode_result(event), source_id)
             for subscription in targets:
                 if subscription.pull is None:
                     subscription.subscriber.send_frame(frame)
                 else:
-                    subscription.pull.offer(
+                    reason = subscription.pull.offer(
                         frame,
                         subscription.subscriber.send_frame,
                         lambda count, s=subscription: self._notify_lag(s, count),
                     )
+                    if reason is not None:
+                        dropped[source_id, reason] += 1
 
     def _notify_lag(self, subscription: Subscription, count: int) -> None:
         self.log.debug(
@@ -196,6 +213,7 @@ class Registry:
             source_id=subscription.source_id,
             count=count,
         )
+        self.stats.lag_notices[subscription.source_id] += 1
         subscription.subscriber.send_frame(Frame(protocol.lag_notice(subscription.source_id, count)))
 
     def close_source(self, source_id: str, message: str) -> None:

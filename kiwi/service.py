@@ -1,24 +1,42 @@
 """
-Kiwi's root service: builds the service tree from a configuration.
+Kiwi's root service: builds the service tree from a configuration and
+applies new configurations to it at run time.
 
 Children, in start order: C{sources} (one child per source), then the
 C{listener}. Twisted stops children in reverse order, so clients are told
 to go away before the sources stop.
+
+Start-up and reload share one path: L{KiwiService.apply} compares the
+running configuration with the new one and adds, removes or re-creates
+sources by id, leaving unchanged ones alone.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+import attrs
 from twisted.application.service import IService, MultiService
-from twisted.internet.defer import Deferred, DeferredList
-from kiwi.logs import logger
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 
-from kiwi.config import CounterSourceConfig, KiwiConfig, SourceConfig
+from kiwi.config import (
+    CounterSourceConfig,
+    KiwiConfig,
+    SourceConfig,
+    diff_sources,
+    restart_required,
+)
 from kiwi.endpoints import ListenerService
+from kiwi.logs import logger
+from kiwi.metrics import Metrics, MetricsResource, Stats
 from kiwi.registry import Registry
 from kiwi.sources import IEventSink, ISource
-from kiwi.ws import KiwiServerFactory, build_site
+from kiwi.status import JsonResource, readiness
+from kiwi.ws import KiwiServerFactory, build_site, health_status
+
+REMOVED = "source removed from the configuration"
+CHANGED = "source configuration changed; subscribe again"
 
 
 def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, reactor: Any) -> ISource:
@@ -38,6 +56,28 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
     return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
 
 
+@attrs.frozen
+class ReloadOutcome:
+    """
+    What became of one configuration reload.
+
+    @ivar outcome: C{applied}, C{partially_applied} or C{rejected}.
+    @ivar problems: What was wrong or not applied, each naming its key.
+    """
+
+    outcome: str
+    problems: tuple[str, ...] = ()
+    at: float = attrs.field(factory=time.time)
+
+    @property
+    def phrase(self) -> str:
+        """
+        The outcome as logged: C{config applied}, C{config partially
+        applied} or C{config rejected}.
+        """
+        return "config " + self.outcome.replace("_", " ")
+
+
 class KiwiService(MultiService):
     """
     The whole gateway for one configuration.
@@ -45,26 +85,128 @@ class KiwiService(MultiService):
     @ivar registry: Sources and subscriptions.
     @ivar listener: The listening service; C{listener.when_listening()}
         gives the bound port.
+    @ivar last_reload: The latest reload's outcome, for C{/health}.
     """
 
     log = logger()
+    reloader: Any = None
 
     def __init__(self, config: KiwiConfig, reactor: Any) -> None:
         super().__init__()
+        self._reactor = reactor
         self.config = config
-        self.registry = Registry(config.subscriber)
-        sources = MultiService()
-        sources.setName("sources")
-        sources.setServiceParent(self)
-        for source_config in config.sources:
-            source = build_source(source_config, config, self.registry, reactor)
-            self.registry.add_source(source)
-            IService(source).setServiceParent(sources)
+        self.stats = Stats()
+        self.registry = Registry(config.subscriber, self.stats)
+        self._sources = MultiService()
+        self._sources.setName("sources")
+        self._sources.setServiceParent(self)
+        self.last_reload: ReloadOutcome | None = None
+        self._add_sources(config.sources, config)
         self.factory = KiwiServerFactory(self.registry, reactor, config.server)
-        site = build_site(self.factory, config.server.healthcheck)
-        self.listener = ListenerService(reactor, config.server.listen, site, self.factory)
+        self.metrics = Metrics(self.stats, self._live_metrics)
+        site = build_site(self.factory, healthcheck=False)
+        root = site.resource
+        root.putChild(b"health", JsonResource(self._health))
+        root.putChild(b"ready", JsonResource(self._ready))
+        root.putChild(b"metrics", MetricsResource(self.metrics))
+        self.listener = ListenerService(
+            reactor, config.server.listen, site, self.factory, config.server.shutdown_timeout_s
+        )
         # The listener goes last, so that it stops first.
         self.listener.setServiceParent(self)
+
+    # Sources
+
+    def _add_sources(self, sources: tuple[SourceConfig, ...], config: KiwiConfig) -> None:
+        for source_config in sources:
+            source = build_source(source_config, config, self.registry, self._reactor)
+            self.registry.add_source(source)
+            # Starts it at once when Kiwi is already running.
+            IService(source).setServiceParent(self._sources)
+
+    async def _remove_source(self, source_id: str, message: str) -> None:
+        self.registry.remove_source(source_id, message)
+        service = self._sources.getServiceNamed(f"source:{source_id}")
+        await maybeDeferred(self._sources.removeService, service)
+
+    async def apply(self, new: KiwiConfig) -> ReloadOutcome:
+        """
+        Make the running gateway match C{new}, which has been validated.
+
+        Sources are compared by id: added ones can be subscribed at once,
+        removed ones close their subscriptions with C{SUBSCRIPTION_CLOSED},
+        changed ones are closed the same way and re-created, unchanged ones
+        are not touched. What cannot change without a restart (the
+        listening endpoint) is kept and reported.
+        """
+        old = self.config
+        needs_restart = restart_required(old, new)
+        if needs_restart:
+            new = attrs.evolve(new, server=attrs.evolve(new.server, listen=old.server.listen))
+        changes = diff_sources(old, new)
+        for source_id in changes.removed:
+            await self._remove_source(source_id, REMOVED)
+        for source in changes.changed:
+            await self._remove_source(source.id, CHANGED)
+        self.config = new
+        self.registry.subscriber_config = new.subscriber
+        self.factory.apply_config(new.server, new.subscriber)
+        self.listener.shutdown_timeout_s = new.server.shutdown_timeout_s
+        self._add_sources(changes.added + changes.changed, new)
+        self.log.info(
+            "sources: {added} added, {removed} removed, {changed} re-created, {unchanged} unchanged",
+            added=len(changes.added),
+            removed=len(changes.removed),
+            changed=len(changes.changed),
+            unchanged=len(changes.unchanged),
+        )
+        if needs_restart:
+            problems = tuple(f"{key}: changed, but needs a restart; keeping the old value" for key in needs_restart)
+            return ReloadOutcome("partially_applied", problems)
+        return ReloadOutcome("applied")
+
+    def record_reload(self, outcome: ReloadOutcome) -> None:
+        """
+        Remember a reload's outcome for C{/health} and C{/metrics}.
+        """
+        self.last_reload = outcome
+        self.stats.reloads[outcome.outcome] += 1
+
+    # Operator endpoints
+
+    def _sources_status(self) -> dict[str, dict[str, Any]]:
+        return health_status(self.registry, self.factory)["sources"]  # type: ignore[no-any-return]
+
+    def _health(self) -> tuple[int, dict[str, Any]] | None:
+        if not self.config.server.healthcheck:
+            return None
+        body = health_status(self.registry, self.factory)
+        if self.last_reload is not None:
+            body["last_reload"] = {
+                "outcome": self.last_reload.outcome,
+                "at": self.last_reload.at,
+                "problems": list(self.last_reload.problems),
+            }
+        return 200, body
+
+    def _ready(self) -> tuple[int, dict[str, Any]] | None:
+        if not self.config.server.healthcheck:
+            return None
+        return readiness(self._sources_status(), bool(self.running))
+
+    def _live_metrics(self) -> dict[str, Any]:
+        consumer_lag: dict[tuple[str, int], int] = {}
+        for source in self.registry.sources():
+            for partition, lag in getattr(source, "consumer_lag", {}).items():
+                consumer_lag[source.source_id, partition] = lag
+        return {
+            "connections": len(self.factory.connections),
+            "pending_bytes": sum(c.pending_bytes for c in self.factory.connections),
+            "subscriptions": self.registry.subscription_counts(),
+            "consumer_lag": consumer_lag,
+        }
+
+    # Stopping
 
     def stopService(self) -> Deferred[None]:
         """
@@ -82,43 +224,4 @@ class KiwiService(MultiService):
 
 
 async def _stop(service: IService) -> None:
-    await _maybe(service.stopService())
-
-
-async def _maybe(result: object) -> None:
-    if isinstance(result, Deferred):
-        await result
-
-
-def exit_cleanly_on_signals(reactor: Any) -> None:
-    """
-    Make SIGTERM and SIGINT stop the reactor like any shutdown, so that
-    twistd exits 0 after a graceful stop (by default it re-raises the
-    signal and exits 143 or 130, which service managers count as failure).
-
-    Installed once the reactor runs, replacing the reactor's own handlers.
-    """
-    import signal
-
-    def stop(signum: int, frame: object) -> None:
-        reactor.callFromThread(_stop_reactor, reactor, signal.Signals(signum).name)
-
-    def hangup(signum: int, frame: object) -> None:
-        # TODO(#6): reload the configuration.
-        reactor.callFromThread(
-            KiwiService.log.warn,
-            "received SIGHUP: configuration reload is not supported yet; restart Kiwi to apply changes",
-        )
-
-    def install() -> None:
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, hangup)
-
-    reactor.callWhenRunning(install)
-
-
-def _stop_reactor(reactor: Any, name: str) -> None:
-    KiwiService.log.info("received {signal}, shutting down", signal=name)
-    if reactor.running:
-        reactor.stop()
+    await maybeDeferred(service.stopService)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import IService
+from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from kiwi.config import DEFAULT_CONFIG_PATH, KiwiConfig, load_config
@@ -19,14 +19,17 @@ class Options(usage.Options):
     C{twistd kiwi} options.
     """
 
-    synopsis = "[--config PATH]"
+    synopsis = "[--config PATH] [--check]"
     longdesc = (
         "Kiwi streams Kafka topics and other event sources to WebSocket clients. "
-        "The configuration file is validated before anything starts."
+        "The configuration file is validated before anything starts; SIGHUP reloads it."
     )
     optParameters = [
         ["config", "c", DEFAULT_CONFIG_PATH, "Path to the YAML configuration file."],
         ["log-level", None, "info", "Lowest level of Kiwi's log lines: " + ", ".join(LEVELS) + "."],
+    ]
+    optFlags = [
+        ["check", None, "Validate the configuration file, print the outcome and exit (0: valid)."],
     ]
 
     config: KiwiConfig
@@ -46,18 +49,37 @@ class Options(usage.Options):
             # Not a UsageError: twistd would print the whole usage text
             # first and bury the problem.
             raise SystemExit(f"kiwi: {e}") from None
+        if self["check"]:
+            print(f"kiwi: configuration in {self['config']} is valid")
+            raise SystemExit(0)
+        parent = getattr(self, "parent", None)
+        if self.config.logging.format == "json" and parent is not None:
+            parent["logger"] = "kiwi.logs.json_observer"
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
-    Build Kiwi's service tree from parsed options.
+    Build Kiwi's service tree from parsed options: the gateway, plus the
+    configuration file watcher when C{reload.watch} is on; SIGHUP reloads.
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    from kiwi.service import KiwiService, exit_cleanly_on_signals
+    from kiwi.reload import FileWatcher, Reloader
+    from kiwi.service import KiwiService
+    from kiwi.signals import install_signal_handlers
 
     set_level(options["log-level"])
-    exit_cleanly_on_signals(reactor)
-    return KiwiService(options.config, reactor)
+    config = options.config
+    service = KiwiService(config, reactor)
+    reloader = Reloader(service, options["config"], reactor)
+    service.reloader = reloader
+    install_signal_handlers(reactor, reloader.request, config.server.shutdown_timeout_s)
+    if not config.reload.watch:
+        return service
+    root = MultiService()
+    service.setServiceParent(root)
+    watcher = FileWatcher(options["config"], config.reload.watch_interval_ms / 1000.0, reloader.request, reactor)
+    watcher.setServiceParent(root)
+    return root

@@ -103,6 +103,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
                     count=count,
                     source_id=source_id,
                 )
+                self.factory.registry.stats.lag_notices[source_id] += 1
                 self._outbox.put(Frame(protocol.lag_notice(source_id, count)), 64)
             if not self._outbox.over_budget and self._slow_timer is not None:
                 self._slow_timer.cancel()
@@ -197,8 +198,13 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         if self._outbox is None:
             return
-        if self._outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, frame.event_source):
+        source_id = frame.event_source
+        if self._outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, source_id):
+            if source_id is not None:
+                self.factory.registry.stats.delivered[source_id] += 1
             return
+        assert source_id is not None, "only events are ever dropped"
+        self.factory.registry.stats.dropped[source_id, "slow_client"] += 1
         if self._slow_timer is None:
             timeout = self.factory.subscriber_config.slow_client_timeout_s
             self._log.warn(
@@ -249,14 +255,22 @@ class KiwiServerFactory(WebSocketServerFactory):
 
             clock = reactor  # type: ignore[assignment]
         self.clock: IReactorTime = clock
-        self.subscriber_config: SubscriberConfig = registry.subscriber_config
         self.connections: set[KiwiServerProtocol] = set()
-        options: dict[str, Any] = {"webStatus": False}
-        if server_config is not None and server_config.ping_interval_s > 0:
+        self.setProtocolOptions(webStatus=False)
+        self.apply_config(server_config, registry.subscriber_config)
+
+    def apply_config(self, server: ServerConfig | None, subscriber: SubscriberConfig) -> None:
+        """
+        Use these settings for connections opened from now on.
+        """
+        self.subscriber_config = subscriber
+        if server is not None and server.ping_interval_s > 0:
             # Pings find half-open connections; the timeout drops them.
-            options["autoPingInterval"] = server_config.ping_interval_s
-            options["autoPingTimeout"] = server_config.ping_timeout_s
-        self.setProtocolOptions(**options)
+            self.setProtocolOptions(
+                autoPingInterval=server.ping_interval_s, autoPingTimeout=server.ping_timeout_s
+            )
+        else:
+            self.setProtocolOptions(autoPingInterval=0)
 
     def close_all(self, code: int, reason: str) -> None:
         """

@@ -7,6 +7,7 @@ C{thd_*}, share no state with the reactor thread, and return plain values.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,11 +29,14 @@ class Batch:
 
     @ivar errors: Human-readable consumer errors seen during the call.
     @ivar brokers_down: Whether librdkafka reported that no broker is up.
+    @ivar lag: Records behind the end per partition, when librdkafka
+        published statistics during the call.
     """
 
     events: list[KafkaEvent]
     errors: list[str]
     brokers_down: bool
+    lag: dict[int, int] | None = None
 
 
 class ConfluentConsumer:
@@ -48,6 +52,7 @@ class ConfluentConsumer:
         self._consumer: Any = None
         self._errors: list[str] = []
         self._brokers_down = False
+        self._lag: dict[int, int] | None = None
 
     def _on_error(self, error: Any) -> None:
         # Called by librdkafka from inside consume()/list_topics(), on our thread.
@@ -55,12 +60,25 @@ class ConfluentConsumer:
             self._brokers_down = True
         self._errors.append(error.str())
 
+    def _on_stats(self, document: str) -> None:
+        # Called by librdkafka from inside consume(), on our thread.
+        try:
+            partitions = json.loads(document)["topics"][self._topic]["partitions"]
+        except (ValueError, KeyError, TypeError):
+            return
+        self._lag = {
+            int(partition): int(detail["consumer_lag"])
+            for partition, detail in partitions.items()
+            if int(partition) >= 0 and int(detail.get("consumer_lag", -1)) >= 0
+        }
+
     def thd_open(self) -> None:
         """
         Create the consumer.
         """
         settings: dict[str, Any] = dict(self._settings)
         settings["error_cb"] = self._on_error
+        settings["stats_cb"] = self._on_stats
         self._consumer = Consumer(settings)
 
     def thd_partitions(self, timeout: float) -> list[int] | None:
@@ -117,6 +135,7 @@ class ConfluentConsumer:
         """
         self._errors = []
         self._brokers_down = False
+        self._lag = None
         records = self._consumer.consume(max_records, timeout)
         events = []
         for record in records:
@@ -137,7 +156,7 @@ class ConfluentConsumer:
                     timestamp=None if kind == _TIMESTAMP_NOT_AVAILABLE else timestamp,
                 )
             )
-        return Batch(events, self._errors, self._brokers_down)
+        return Batch(events, self._errors, self._brokers_down, self._lag)
 
     def thd_close(self) -> None:
         """

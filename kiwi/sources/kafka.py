@@ -75,6 +75,8 @@ DEFAULT_CONSUMER_SETTINGS: Mapping[str, str] = {
     # Come back quickly after a broker restart.
     "reconnect.backoff.ms": "100",
     "reconnect.backoff.max.ms": "2000",
+    # Consumer lag per partition for /metrics.
+    "statistics.interval.ms": "5000",
     # librdkafka's own log lines would go to stderr; errors reach us
     # through error_cb and are logged with the source id instead.
     "log_level": "0",
@@ -192,6 +194,7 @@ class KafkaSource(Service):
         self.last_error: str | None = None
         self.partitions: list[int] = []
         self.records_received = 0
+        self.consumer_lag: dict[int, int] = {}
 
     # Service
 
@@ -217,6 +220,7 @@ class KafkaSource(Service):
 
         def stop_pool(result: object) -> object:
             self.state = "stopped"
+            self.log.info("{source_id} stopped", source_id=self.source_id)
             if self._pool is not None:
                 self._pool.stop()
             return result
@@ -313,6 +317,9 @@ class KafkaSource(Service):
         last_check = self._clock.seconds()
         while not self._stopping:
             batch = await self._call(self._consumer.thd_consume, MAX_BATCH, POLL_TIMEOUT_S)
+            lag = getattr(batch, "lag", None)
+            if lag is not None:
+                self.consumer_lag = lag
             if batch.events:
                 self.records_received += len(batch.events)
                 await self._publish(batch.events)

@@ -69,6 +69,36 @@ class KiwiProcess:
         self._process: Any = None
         self._protocol = _Output()
 
+    def rewrite(self, config: dict[str, Any] | str) -> None:
+        """
+        Replace the configuration file (as an editor would), keeping the
+        listening endpoint unless C{config} names one.
+        """
+        if isinstance(config, dict):
+            config = dict(config)
+            config.setdefault("server", {"listen": "tcp:0:interface=127.0.0.1"})
+            text = yaml.safe_dump(config)
+        else:
+            text = config
+        temporary = self.config_path + ".new"
+        with open(temporary, "w") as f:
+            f.write(text)
+        os.replace(temporary, self.config_path)
+
+    def signal(self, name: str) -> None:
+        """
+        Send a signal (C{"HUP"}, C{"TERM"}, ...) to Kiwi.
+        """
+        self._process.signalProcess(name)
+
+    async def wait_output(self, text: str, timeout: float = 30.0, after: int = 0) -> None:
+        """
+        Wait until Kiwi's output (from character C{after} on) contains C{text}.
+        """
+        await wait_until(
+            lambda: text in self.output[after:], timeout, what=lambda: f"{text!r} in output:\n{self.output}"
+        )
+
     @property
     def output(self) -> str:
         return self._protocol.output.decode("utf-8", "replace")

@@ -53,6 +53,8 @@ class CounterSource(Service):
         self._pending_start = None
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        # A stopped counter can be started again, and goes on counting.
+        self._loop = None
 
     def subscriber_added(self) -> None:
         """

@@ -649,4 +649,20 @@ def restart_required(old: KiwiConfig, new: KiwiConfig) -> list[str]:
     keys = []
     if old.server.listen != new.server.listen:
         keys.append("server.address/server.listen/server.tls (the listening endpoint)")
+    if old.reload != new.reload:
+        keys.append("reload")
+    if old.logging != new.logging:
+        keys.append("logging")
     return keys
+
+
+def keep_restart_only(old: KiwiConfig, new: KiwiConfig) -> KiwiConfig:
+    """
+    C{new}, with the values only a restart can change taken from C{old}.
+    """
+    return attrs.evolve(
+        new,
+        server=attrs.evolve(new.server, listen=old.server.listen),
+        reload=old.reload,
+        logging=old.logging,
+    )

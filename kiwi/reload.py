@@ -54,6 +54,7 @@ class Reloader:
         self._reactor = reactor
         self._load = load
         self._running: Deferred[None] | None = None
+        self._waiting: list[Deferred[None]] = []
         self._again = False
 
     def request(self) -> Deferred[None]:
@@ -63,10 +64,12 @@ class Reloader:
         if self._running is not None:
             self._again = True
             result: Deferred[None] = Deferred()
-            self._running.addBoth(lambda passthrough: (result.callback(None), passthrough)[1])
+            self._waiting.append(result)
             return result
-        self._running = Deferred.fromCoroutine(self._run())
-        return self._running
+        running = Deferred.fromCoroutine(self._run())
+        if not running.called:
+            self._running = running
+        return running
 
     async def _run(self) -> None:
         try:
@@ -77,6 +80,9 @@ class Reloader:
                     return
         finally:
             self._running = None
+            waiting, self._waiting = self._waiting, []
+            for d in waiting:
+                d.callback(None)
 
     async def _reload_once(self) -> None:
         self.log.info("reloading configuration from {path}", path=self._path)

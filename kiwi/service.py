@@ -25,6 +25,7 @@ from kiwi.config import (
     KiwiConfig,
     SourceConfig,
     diff_sources,
+    keep_restart_only,
     restart_required,
 )
 from kiwi.endpoints import ListenerService
@@ -141,8 +142,7 @@ class KiwiService(MultiService):
         """
         old = self.config
         needs_restart = restart_required(old, new)
-        if needs_restart:
-            new = attrs.evolve(new, server=attrs.evolve(new.server, listen=old.server.listen))
+        new = keep_restart_only(old, new)
         changes = diff_sources(old, new)
         for source_id in changes.removed:
             await self._remove_source(source_id, REMOVED)

@@ -15,17 +15,27 @@ from kiwi.logs import logger
 log = logger(__name__)
 
 
-def install_signal_handlers(reactor: Any, reload: Callable[[], object], shutdown_timeout_s: float) -> None:
+def install_signal_handlers(
+    reactor: Any, reload: Callable[[], object], shutdown_timeout_s: Callable[[], float]
+) -> None:
     """
     Replace the reactor's signal handlers once it runs.
 
     By default twistd re-raises SIGTERM after stopping and exits 143, which
     service managers count as a failure; here a graceful stop exits 0. If
-    the stop takes longer than C{shutdown_timeout_s}, Kiwi exits 1 anyway.
+    the stop takes longer than C{shutdown_timeout_s()} (read when the
+    signal arrives, so reloads count), Kiwi exits 1 anyway. A second
+    signal during the stop is only logged.
     """
+    stopping = []
 
     def stop(signum: int, frame: object) -> None:
-        reactor.callFromThread(_stop, reactor, signal.Signals(signum).name, shutdown_timeout_s)
+        name = signal.Signals(signum).name
+        if stopping:
+            reactor.callFromThread(log.info, "received {signal}: already shutting down", signal=name)
+            return
+        stopping.append(name)
+        reactor.callFromThread(_stop, reactor, name, shutdown_timeout_s())
 
     def hangup(signum: int, frame: object) -> None:
         # Only schedule: the reload itself runs on the reactor.

@@ -75,7 +75,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     service = KiwiService(config, reactor)
     reloader = Reloader(service, options["config"], reactor)
     service.reloader = reloader
-    install_signal_handlers(reactor, reloader.request, config.server.shutdown_timeout_s)
+    install_signal_handlers(reactor, reloader.request, lambda: service.config.server.shutdown_timeout_s)
     if not config.reload.watch:
         return service
     root = MultiService()

@@ -86,6 +86,7 @@ class ServerConfig:
     ping_interval_s: float = 30.0
     ping_timeout_s: float = 10.0
     shutdown_timeout_s: float = 10.0
+    workers: int = 1
 
 
 @attrs.frozen
@@ -369,6 +370,7 @@ class _Reader:
                 "ping_interval_s",
                 "ping_timeout_s",
                 "shutdown_timeout_s",
+                "workers",
             ),
         )
         if section is None:
@@ -412,7 +414,26 @@ class _Reader:
             shutdown_timeout_s=self.number(
                 section, "server", "shutdown_timeout_s", defaults.shutdown_timeout_s, 0.1
             ),
+            workers=self.workers(section, listen, reactor),
         )
+
+    def workers(self, section: Mapping[str, Any], listen: str, reactor: IReactorCore) -> int:
+        from kiwi.workers import check_endpoint, worker_count
+
+        value = self.typed(
+            section,
+            "server",
+            "workers",
+            lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 64),
+            "an integer from 1 to 64, or auto",
+            1,
+        )
+        count = worker_count(value)
+        if count > 1:
+            problem = check_endpoint(reactor, listen)
+            if problem is not None:
+                self.problem("server.workers", problem)
+        return count
 
     def tls(self, value: object, listen: str, key_path: str) -> str | None:
         section = self.mapping(value, "server.tls", allowed=("cert", "key"), required=("cert", "key"))
@@ -653,6 +674,8 @@ def restart_required(old: KiwiConfig, new: KiwiConfig) -> list[str]:
         keys.append("reload")
     if old.logging != new.logging:
         keys.append("logging")
+    if old.server.workers != new.server.workers:
+        keys.append("server.workers")
     return keys
 
 
@@ -662,7 +685,7 @@ def keep_restart_only(old: KiwiConfig, new: KiwiConfig) -> KiwiConfig:
     """
     return attrs.evolve(
         new,
-        server=attrs.evolve(new.server, listen=old.server.listen),
+        server=attrs.evolve(new.server, listen=old.server.listen, workers=old.server.workers),
         reload=old.reload,
         logging=old.logging,
     )

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from kiwi.logs import logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -44,8 +44,10 @@ class ListenerService(Service):
         site: Site,
         factory: KiwiServerFactory,
         shutdown_timeout_s: float = SHUTDOWN_TIMEOUT_S,
+        endpoint: IStreamServerEndpoint | None = None,
     ) -> None:
         self._reactor = reactor
+        self._endpoint = endpoint
         self.shutdown_timeout_s = shutdown_timeout_s
         self.description = description
         self._site = site
@@ -56,7 +58,7 @@ class ListenerService(Service):
 
     def startService(self) -> None:
         super().startService()
-        endpoint = serverFromString(self._reactor, self.description)
+        endpoint = self._endpoint or serverFromString(self._reactor, self.description)
         d = endpoint.listen(self._site)
         d.addCallbacks(self._listening, self._failed)
 

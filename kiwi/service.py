@@ -13,12 +13,16 @@ sources by id, leaving unchanged ones alone.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
 
 from kiwi.config import (
     CounterSourceConfig,
@@ -92,7 +96,13 @@ class KiwiService(MultiService):
     log = logger()
     reloader: Any = None
 
-    def __init__(self, config: KiwiConfig, reactor: Any) -> None:
+    def __init__(self, config: KiwiConfig, reactor: Any, worker: tuple[int, str] | None = None) -> None:
+        """
+        @param worker: In a worker process (C{server.workers} > 1), its index
+            and the supervisor's run directory: the listener then adopts
+            the shared socket, and C{/health} and C{/metrics} cover every
+            worker.
+        """
         super().__init__()
         self._reactor = reactor
         self.config = config
@@ -107,11 +117,23 @@ class KiwiService(MultiService):
         self.metrics = Metrics(self.stats, self._live_metrics)
         site = build_site(self.factory, healthcheck=False)
         root = site.resource
-        root.putChild(b"health", JsonResource(self._health))
+        health: Resource = JsonResource(self._health)
+        metrics: Resource = MetricsResource(self.metrics)
+        endpoint = None
+        if worker is not None:
+            from kiwi.workers import LISTEN_FD, AcrossWorkers, AdoptedEndpoint, PortFile
+
+            index, directory = worker
+            across = AcrossWorkers(reactor, directory, index)
+            health = _AcrossWorkersResource(health, across, "/health", self._merged_health)
+            metrics = _AcrossWorkersResource(metrics, across, "/metrics", self._merged_metrics)
+            endpoint = AdoptedEndpoint(reactor, config.server.listen, LISTEN_FD)
+            PortFile(reactor, site, directory, index).setServiceParent(self)
+        root.putChild(b"health", health)
         root.putChild(b"ready", JsonResource(self._ready))
-        root.putChild(b"metrics", MetricsResource(self.metrics))
+        root.putChild(b"metrics", metrics)
         self.listener = ListenerService(
-            reactor, config.server.listen, site, self.factory, config.server.shutdown_timeout_s
+            reactor, config.server.listen, site, self.factory, config.server.shutdown_timeout_s, endpoint
         )
         # The listener goes last, so that it stops first.
         self.listener.setServiceParent(self)
@@ -189,6 +211,26 @@ class KiwiService(MultiService):
             }
         return 200, body
 
+    def _merged_health(self, own: str, siblings: dict[str, bytes | None]) -> tuple[bytes, bytes]:
+        from kiwi.workers import json_or_none, merge_health
+
+        status = self._health()
+        bodies: dict[str, dict[str, Any] | None] = {own: status[1] if status is not None else None}
+        for worker, body in siblings.items():
+            bodies[worker] = json_or_none(body) if body is not None else None
+        return json.dumps(merge_health(bodies)).encode("utf-8") + b"\n", b"application/json"
+
+    def _merged_metrics(self, own: str, siblings: dict[str, bytes | None]) -> tuple[bytes, bytes]:
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        from kiwi.workers import merge_expositions
+
+        texts = {own: self.metrics.exposition().decode("utf-8")}
+        for worker, body in siblings.items():
+            if body is not None:
+                texts[worker] = body.decode("utf-8")
+        return merge_expositions(texts), CONTENT_TYPE_LATEST.encode("ascii")
+
     def _ready(self) -> tuple[int, dict[str, Any]] | None:
         if not self.config.server.healthcheck:
             return None
@@ -225,3 +267,42 @@ class KiwiService(MultiService):
 
 async def _stop(service: IService) -> None:
     await maybeDeferred(service.stopService)
+
+
+class _AcrossWorkersResource(Resource):
+    """
+    C{/health} or C{/metrics} for every worker: this worker's own answer
+    (served alone for C{?local=1}) merged with its siblings'.
+    """
+
+    isLeaf = True
+    log = logger()
+
+    def __init__(
+        self,
+        local: Resource,
+        across: Any,
+        path: str,
+        merge: Callable[[str, dict[str, bytes | None]], tuple[bytes, bytes]],
+    ) -> None:
+        super().__init__()
+        self._local = local
+        self._across = across
+        self._path = path
+        self._merge = merge
+
+    def render_GET(self, request: Request) -> Any:
+        if b"local" in request.args:
+            return self._local.render(request)
+        Deferred.fromCoroutine(self._render(request)).addErrback(
+            lambda f: self.log.failure("merging {path} across workers failed", f, path=self._path)
+        )
+        return NOT_DONE_YET
+
+    async def _render(self, request: Request) -> None:
+        siblings = await self._across.fetch(self._path)
+        body, content_type = self._merge(str(self._across.index), siblings)
+        request.setHeader(b"content-type", content_type)
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(body)
+        request.finish()

@@ -31,6 +31,8 @@ class Options(usage.Options):
     optFlags = [
         ["check", None, "Validate the configuration file, print the outcome and exit (0: valid)."],
     ]
+    # Internal: set by the supervisor when it starts a worker process.
+    optParameters.append(["worker", None, None, "(internal) INDEX:RUNDIR of a worker process."])
 
     config: KiwiConfig
 
@@ -57,6 +59,13 @@ class Options(usage.Options):
             parent["logger"] = "kiwi.logs.json_observer"
 
 
+def _parse_worker(value: str | None) -> tuple[int, str] | None:
+    if value is None:
+        return None
+    index, _, directory = value.partition(":")
+    return int(index), directory
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build Kiwi's service tree from parsed options: the gateway, plus the
@@ -72,7 +81,21 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
     set_level(options["log-level"])
     config = options.config
-    service = KiwiService(config, reactor)
+    worker = _parse_worker(options["worker"])
+    if config.server.workers > 1 and worker is None:
+        from kiwi.workers import Supervisor
+
+        supervisor = Supervisor(
+            reactor,
+            options["config"],
+            config.server.listen,
+            config.server.workers,
+            options["log-level"],
+            config.server.shutdown_timeout_s,
+        )
+        install_signal_handlers(reactor, supervisor.reload, lambda: supervisor.shutdown_timeout_s + 2)
+        return supervisor
+    service = KiwiService(config, reactor, worker)
     reloader = Reloader(service, options["config"], reactor)
     service.reloader = reloader
     install_signal_handlers(reactor, reloader.request, lambda: service.config.server.shutdown_timeout_s)

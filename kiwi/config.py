@@ -8,6 +8,7 @@ it (C{sources[2].topic: expected ...}), and happens before any port is bound.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -257,7 +258,10 @@ class _Reader:
                 section,
                 key_path,
                 key,
-                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= minimum,
+                lambda v: isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v >= minimum,
                 f"a number >= {minimum:g}",
                 default,
             )
@@ -308,6 +312,9 @@ class _Reader:
         if section is None:
             return None
         healthcheck = self.boolean(section, "server", "healthcheck", True)
+        defaults = ServerConfig(listen="")
+        ping_interval_s = self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0)
+        ping_timeout_s = self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1)
         address = self.string(section, "server", "address")
         listen = self.string(section, "server", "listen")
         if address is not None and listen is not None:
@@ -337,12 +344,8 @@ class _Reader:
         except Exception as e:
             self.problem(key_path, f"not a usable endpoint ({listen!r}): {e}")
             return None
-        defaults = ServerConfig(listen=listen)
         return ServerConfig(
-            listen=listen,
-            healthcheck=healthcheck,
-            ping_interval_s=self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0),
-            ping_timeout_s=self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1),
+            listen=listen, healthcheck=healthcheck, ping_interval_s=ping_interval_s, ping_timeout_s=ping_timeout_s
         )
 
     def tls(self, value: object, listen: str, key_path: str) -> str | None:

@@ -8,6 +8,7 @@ it (C{sources[2].topic: expected ...}), and happens before any port is bound.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -287,7 +288,10 @@ class _Reader:
                 section,
                 key_path,
                 key,
-                lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= minimum,
+                lambda v: isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and v >= minimum,
                 f"a number >= {minimum:g}",
                 default,
             )
@@ -376,6 +380,12 @@ class _Reader:
         if section is None:
             return None
         healthcheck = self.boolean(section, "server", "healthcheck", True)
+        defaults = ServerConfig(listen="")
+        ping_interval_s = self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0)
+        ping_timeout_s = self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1)
+        shutdown_timeout_s = self.number(
+            section, "server", "shutdown_timeout_s", defaults.shutdown_timeout_s, 0.1
+        )
         address = self.string(section, "server", "address")
         listen = self.string(section, "server", "listen")
         if address is not None and listen is not None:
@@ -405,15 +415,12 @@ class _Reader:
         except Exception as e:
             self.problem(key_path, f"not a usable endpoint ({listen!r}): {e}")
             return None
-        defaults = ServerConfig(listen=listen)
         return ServerConfig(
             listen=listen,
             healthcheck=healthcheck,
-            ping_interval_s=self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0),
-            ping_timeout_s=self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1),
-            shutdown_timeout_s=self.number(
-                section, "server", "shutdown_timeout_s", defaults.shutdown_timeout_s, 0.1
-            ),
+            ping_interval_s=ping_interval_s,
+            ping_timeout_s=ping_timeout_s,
+            shutdown_timeout_s=shutdown_timeout_s,
             workers=self.workers(section, listen, reactor),
         )
 

@@ -1,8 +1,10 @@
 """
-Per-subscription flow control for pull mode: credits, a bounded buffer and
-lag accounting. Pure state, no Twisted, so it can be tested exhaustively.
+Flow control as pure state, no Twisted, so it can be tested exhaustively:
+L{PullFlow} for one pull subscription (credits, a bounded buffer and lag
+accounting) and L{Outbox} for one connection (what waits to be written,
+within a byte budget).
 
-Rules (see C{docs/flow-control.md}):
+Pull rules (see C{docs/flow-control.md}):
   - an event that arrives while the subscription has credit is delivered
     and spends one credit;
   - otherwise it is kept in the buffer, if there is one; a full buffer drops
@@ -106,18 +108,24 @@ class Outbox(Generic[T]):
     push-producer signals): while it is not paused and nothing waits, items
     are written at once. Otherwise they queue, oldest first. Event items
     (those put with a C{source_id}) that would take the queue over
-    C{budget} bytes are dropped instead and counted per source; everything
-    else (replies, notices) always queues, so that nothing the client asked
-    for is lost and order is kept.
+    C{budget} bytes are dropped instead and counted per source. Everything
+    else (replies, notices) queues even over the budget, so that nothing
+    the client asked for is lost and order is kept, up to a hard C{limit}
+    (twice the budget by default): a client that lets that much pile up is
+    not reading at all, and the caller should disconnect it.
 
     @ivar dropped: Events dropped per source since the queue last drained.
+    @ivar overflowed: Whether a reply or notice was refused because the
+        queue had reached the hard limit.
     """
 
-    def __init__(self, budget: int, write: Callable[[T], None]) -> None:
+    def __init__(self, budget: int, write: Callable[[T], None], limit: int | None = None) -> None:
         self.paused = False
         self.pending_bytes = 0
         self.dropped: dict[str, int] = {}
+        self.overflowed = False
         self._budget = budget
+        self._limit = 2 * budget if limit is None else limit
         self._write = write
         self._queue: deque[tuple[T, int]] = deque()
 
@@ -131,21 +139,28 @@ class Outbox(Generic[T]):
     @property
     def over_budget(self) -> bool:
         """
-        Whether events have been dropped since the queue last drained.
+        Whether events have been dropped since the queue last drained, or
+        the queue holds more than the budget.
         """
-        return bool(self.dropped)
+        return bool(self.dropped) or self.pending_bytes > self._budget
 
     def put(self, item: T, size: int, source_id: str | None = None) -> bool:
         """
-        Write, queue or (for events over budget) drop C{item}.
+        Write, queue or refuse C{item}: an event over the budget is dropped
+        and counted; a reply or notice over the hard limit is refused and
+        sets L{overflowed}.
 
-        @return: C{False} if the item was dropped.
+        @return: C{False} if the item was dropped or refused.
         """
         if not self.paused and not self._queue:
             self._write(item)
             return True
-        if source_id is not None and self.pending_bytes + size > self._budget:
-            self.dropped[source_id] = self.dropped.get(source_id, 0) + 1
+        if source_id is not None:
+            if self.pending_bytes + size > self._budget:
+                self.dropped[source_id] = self.dropped.get(source_id, 0) + 1
+                return False
+        elif self.pending_bytes + size > self._limit:
+            self.overflowed = True
             return False
         self._queue.append((item, size))
         self.pending_bytes += size
@@ -173,3 +188,12 @@ class Outbox(Generic[T]):
             return {}
         dropped, self.dropped = self.dropped, {}
         return dropped
+
+    def clear(self) -> None:
+        """
+        Forget everything that waits (the connection is closing: nothing
+        more will be written), releasing its memory at once.
+        """
+        self._queue.clear()
+        self.pending_bytes = 0
+        self.dropped = {}

@@ -49,8 +49,11 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     Everything Kiwi sends goes through an L{Outbox} that the transport
     pauses and resumes (the protocol is the transport's push producer), so
-    a client that reads slowly costs at most the outbox budget plus the
-    transport's own buffer; see C{docs/flow-control.md}.
+    a client that reads slowly costs at most the outbox budget (twice it
+    with replies and notices) plus the transport's own buffer. A client
+    over budget for C{slow_client_timeout_s}, or whose unread replies reach
+    the outbox's hard limit, is closed with 1008; see
+    C{docs/flow-control.md}.
 
     Autobahn owns C{log}, so our logger is C{_log}. Every entry point that
     Autobahn calls catches everything: Autobahn mishandles what escapes.
@@ -104,10 +107,10 @@ class KiwiServerProtocol(WebSocketServerProtocol):
                     source_id=source_id,
                 )
                 self.factory.registry.stats.lag_notices[source_id] += 1
-                self._outbox.put(Frame(protocol.lag_notice(source_id, count)), 64)
-            if not self._outbox.over_budget and self._slow_timer is not None:
-                self._slow_timer.cancel()
-                self._slow_timer = None
+                notice = Frame(protocol.lag_notice(source_id, count))
+                self._outbox.put(notice, len(notice.payload) + FRAME_OVERHEAD)
+            if not self._outbox.over_budget:
+                self._stop_slow_timer()
         except Exception:
             self._log.failure("{conn_id} failed resuming", conn_id=self.conn_id)
 
@@ -123,9 +126,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
-            if self._slow_timer is not None and self._slow_timer.active():
-                self._slow_timer.cancel()
-            self._slow_timer = None
+            self._stop_slow_timer()
             self._outbox = None
             self.factory.connections.discard(self)
             self.factory.registry.disconnect(self)
@@ -183,7 +184,13 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         Start a closing handshake with any code, including the protocol
         codes (1001, 1008, 1011) that Autobahn's C{sendClose} reserves.
+
+        Nothing queued is written after the close frame, so the outbox is
+        released at once. If the client does not answer within Autobahn's
+        C{closeHandshakeTimeout}, the TCP connection is aborted.
         """
+        if self._outbox is not None:
+            self._outbox.clear()
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
     def _reply(self, payload: bytes) -> None:
@@ -194,25 +201,43 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     def send_frame(self, frame: Frame) -> None:
         """
         Hand a frame to the outbox: written now, queued, or (an event, when
-        this connection is over its budget) dropped and counted.
+        this connection is over its budget) dropped and counted. Frames
+        for a connection that is closing are ignored.
         """
-        if self._outbox is None:
+        outbox = self._outbox
+        if outbox is None or self.state != self.STATE_OPEN:
             return
         source_id = frame.event_source
-        if self._outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, source_id):
-            if source_id is not None:
-                self.factory.registry.stats.delivered[source_id] += 1
+        kept = outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, source_id)
+        stats = self.factory.registry.stats
+        if source_id is not None:
+            if kept:
+                stats.delivered[source_id] += 1
+            else:
+                stats.dropped[source_id, "slow_client"] += 1
+        if not kept and outbox.overflowed:
+            # Replies and notices are never dropped; this many unread ones
+            # mean the client does not read at all.
+            self._log.warn("{conn_id} disconnected: not reading its replies", conn_id=self.conn_id)
+            self._stop_slow_timer()
+            self.close_with(CLOSE_POLICY_VIOLATION, "client too slow: too many unread replies and notices")
             return
-        assert source_id is not None, "only events are ever dropped"
-        self.factory.registry.stats.dropped[source_id, "slow_client"] += 1
-        if self._slow_timer is None:
-            timeout = self.factory.subscriber_config.slow_client_timeout_s
+        if outbox.over_budget and self._slow_timer is None:
+            config = self.factory.subscriber_config
+            timeout = config.slow_client_timeout_s
             self._log.warn(
-                "{conn_id} cannot keep up; dropping events (disconnecting in {timeout}s unless it catches up)",
+                "{conn_id} cannot keep up: over its budget of {budget} bytes, dropping events"
+                " (disconnecting in {timeout}s unless it catches up)",
                 conn_id=self.conn_id,
+                budget=config.max_pending_bytes,
                 timeout=timeout,
             )
             self._slow_timer = self.factory.clock.callLater(timeout, self._too_slow)
+
+    def _stop_slow_timer(self) -> None:
+        if self._slow_timer is not None and self._slow_timer.active():
+            self._slow_timer.cancel()
+        self._slow_timer = None
 
     def _too_slow(self) -> None:
         self._slow_timer = None

@@ -284,6 +284,37 @@ class ParseConfigTests(ConfigTestMixin, SynchronousTestCase):
         )
         self.assertEqual(config.subscriber, SubscriberConfig(buffer_capacity=100, lag_notice_threshold=10))
 
+    def test_flowKeys_defaults(self) -> None:
+        """
+        Without them, the outbox budget is 1 MiB, the slow-client timeout
+        30 s, pings go every 30 s and must be answered within 10 s.
+        """
+        config = self.parse(
+            """            sources: []
+            server: {listen: "tcp:0"}
+            """
+        )
+        self.assertEqual(config.subscriber.max_pending_bytes, 1024 * 1024)
+        self.assertEqual(config.subscriber.slow_client_timeout_s, 30.0)
+        self.assertEqual((config.server.ping_interval_s, config.server.ping_timeout_s), (30.0, 10.0))
+
+    def test_flowKeys_values(self) -> None:
+        """
+        The budget, the slow-client timeout and the ping settings can be
+        set; integers and fractions of seconds are accepted, and
+        C{ping_interval_s: 0} turns pings off.
+        """
+        config = self.parse(
+            """            sources: []
+            server: {listen: "tcp:0", ping_interval_s: 0, ping_timeout_s: 2.5}
+            subscriber: {max_pending_bytes: 65536, slow_client_timeout_s: 0.5}
+            """
+        )
+        self.assertEqual(
+            config.subscriber, SubscriberConfig(max_pending_bytes=65536, slow_client_timeout_s=0.5)
+        )
+        self.assertEqual((config.server.ping_interval_s, config.server.ping_timeout_s), (0.0, 2.5))
+
     def test_counter_maxEqualsMin(self) -> None:
         """
         A counter may count a single value.
@@ -575,6 +606,66 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
                 "kafka.config: expected a mapping of librdkafka properties, got ['a'] (list)",
                 "subscriber.buffer_capacity: expected an integer >= 1, got 0 (int)",
                 "subscriber.lag_notice_threshold: expected an integer >= 1, got 'x' (str)",
+            ],
+        )
+
+    def test_flowKeys_badValues(self) -> None:
+        """
+        Out-of-range or mistyped flow-control and ping values are reported
+        with their paths, together with other problems in the same
+        section.
+        """
+        problems = self.problems(
+            """            sources: []
+            server: {listen: 8000, ping_interval_s: -1, ping_timeout_s: 0}
+            subscriber: {max_pending_bytes: 1000, slow_client_timeout_s: "30s"}
+            """
+        )
+        self.assertEqual(
+            problems,
+            [
+                "server.ping_interval_s: expected a number >= 0, got -1 (int)",
+                "server.ping_timeout_s: expected a number >= 0.1, got 0 (int)",
+                "server.listen: expected a non-empty string, got 8000 (int)",
+                "subscriber.max_pending_bytes: expected an integer >= 1024, got 1000 (int)",
+                "subscriber.slow_client_timeout_s: expected a number >= 0.1, got '30s' (str)",
+            ],
+        )
+
+    def test_flowKeys_infiniteRefused(self) -> None:
+        """
+        An infinite number of seconds is refused: turn pings off with 0.
+        """
+        problems = self.problems(
+            """\
+            sources: []
+            server: {listen: "tcp:0", ping_interval_s: .inf}
+            subscriber: {slow_client_timeout_s: .inf}
+            """
+        )
+        self.assertEqual(
+            problems,
+            [
+                "server.ping_interval_s: expected a number >= 0, got inf (float)",
+                "subscriber.slow_client_timeout_s: expected a number >= 0.1, got inf (float)",
+            ],
+        )
+
+    def test_flowKeys_booleansRefused(self) -> None:
+        """
+        C{true} is not a number of bytes or seconds.
+        """
+        problems = self.problems(
+            """            sources: []
+            server: {listen: "tcp:0", ping_interval_s: true}
+            subscriber: {max_pending_bytes: true}
+            """
+        )
+        self.assertEqual(
+            problems,
+            [
+                "server.ping_interval_s: expected a number >= 0, got True (bool)",
+                "subscriber.max_pending_bytes: expected an integer >= 1024, got True (bool)",
             ],
         )
 

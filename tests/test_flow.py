@@ -1,15 +1,18 @@
 """
-Tests for L{kiwi.flow.PullFlow}: credits, the bounded buffer and lag notices.
+Tests for L{kiwi.flow}: L{PullFlow} (credits, the bounded buffer and lag
+notices) and L{Outbox} (one connection's queue within a byte budget).
 """
 
 from __future__ import annotations
 
-from hypothesis import settings
+from typing import Any
+
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from twisted.trial.unittest import SynchronousTestCase
 
-from kiwi.flow import PullFlow
+from kiwi.flow import Outbox, PullFlow
 
 
 class Recorder:
@@ -311,3 +314,277 @@ class PullFlowModelTests(SynchronousTestCase):
             PullFlowMachine,
             settings=settings(max_examples=300, stateful_step_count=40, deadline=None, database=None),
         )
+
+
+class _Writer:
+    """
+    Records what an L{Outbox} writes; can pause the outbox after a number
+    of writes, as a transport whose buffer fills up does.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[Any] = []
+        self.outbox: Outbox[Any] | None = None
+        self.pause_after: int | None = None
+
+    def write(self, item: Any) -> None:
+        self.written.append(item)
+        if self.pause_after is not None and self.outbox is not None:
+            self.pause_after -= 1
+            if self.pause_after <= 0:
+                self.pause_after = None
+                self.outbox.pause()
+
+
+class OutboxTests(SynchronousTestCase):
+    """
+    L{Outbox}: what waits for one connection, within a byte budget.
+    """
+
+    def setUp(self) -> None:
+        self.writer = _Writer()
+        self.outbox: Outbox[str] = Outbox(100, self.writer.write)
+        self.writer.outbox = self.outbox
+
+    def test_put_writesAtOnceWhenIdle(self) -> None:
+        """
+        While not paused and with nothing waiting, an item is written at
+        once and nothing is queued.
+        """
+        self.assertTrue(self.outbox.put("e1", 40, "s"))
+        self.assertTrue(self.outbox.put("r1", 40))
+        self.assertEqual(self.writer.written, ["e1", "r1"])
+        self.assertEqual((self.outbox.pending, self.outbox.pending_bytes), (0, 0))
+        self.assertFalse(self.outbox.over_budget)
+
+    def test_put_queuesWhilePaused(self) -> None:
+        """
+        While paused, items queue and their sizes are counted.
+        """
+        self.outbox.pause()
+        self.assertTrue(self.outbox.put("e1", 30, "s"))
+        self.assertTrue(self.outbox.put("r1", 20))
+        self.assertEqual(self.writer.written, [])
+        self.assertEqual((self.outbox.pending, self.outbox.pending_bytes), (2, 50))
+
+    def test_resume_writesInOrder(self) -> None:
+        """
+        Resuming writes what waits, oldest first, and empties the queue.
+        """
+        self.outbox.pause()
+        for item in ("e1", "r1", "e2"):
+            self.outbox.put(item, 10, None if item.startswith("r") else "s")
+        self.assertEqual(self.outbox.resume(), {})
+        self.assertEqual(self.writer.written, ["e1", "r1", "e2"])
+        self.assertEqual((self.outbox.pending, self.outbox.pending_bytes), (0, 0))
+
+    def test_resume_stopsWhenPausedAgain(self) -> None:
+        """
+        If writing pauses the outbox again, the rest keeps waiting, and
+        new items queue behind it even once resumed, so order is kept.
+        """
+        self.outbox.pause()
+        for item in ("e1", "e2", "e3"):
+            self.outbox.put(item, 10, "s")
+        self.writer.pause_after = 1
+        self.outbox.resume()
+        self.assertEqual(self.writer.written, ["e1"])
+        self.assertEqual((self.outbox.pending, self.outbox.pending_bytes), (2, 20))
+        self.outbox.put("e4", 10, "s")
+        self.outbox.resume()
+        self.assertEqual(self.writer.written, ["e1", "e2", "e3", "e4"])
+
+    def test_put_dropsEventsOverBudget(self) -> None:
+        """
+        An event that would take the queue over the budget is dropped and
+        counted against its source; the queue stays within the budget.
+        """
+        self.outbox.pause()
+        results = [self.outbox.put(f"e{i}", 30, "a" if i % 2 else "b") for i in range(6)]
+        self.assertEqual(results, [True, True, True, False, False, False])
+        self.assertEqual(self.outbox.pending_bytes, 90)
+        self.assertEqual(self.outbox.dropped, {"a": 2, "b": 1})
+        self.assertTrue(self.outbox.over_budget)
+
+    def test_put_smallEventStillFits(self) -> None:
+        """
+        The budget is checked per event: after a large one is dropped, a
+        smaller one that fits is still queued.
+        """
+        self.outbox.pause()
+        self.outbox.put("e1", 80, "s")
+        self.assertFalse(self.outbox.put("big", 30, "s"))
+        self.assertTrue(self.outbox.put("small", 20, "s"))
+        self.assertEqual(self.outbox.pending_bytes, 100)
+
+    def test_put_eventLargerThanBudget(self) -> None:
+        """
+        An event larger than the whole budget is written when the
+        connection is idle, and dropped when anything waits.
+        """
+        self.assertTrue(self.outbox.put("huge", 500, "s"))
+        self.outbox.pause()
+        self.assertFalse(self.outbox.put("huge2", 500, "s"))
+        self.assertEqual(self.writer.written, ["huge"])
+        self.assertEqual(self.outbox.dropped, {"s": 1})
+
+    def test_put_repliesNeverDropped(self) -> None:
+        """
+        Replies and notices queue even over the budget, in order with the
+        events that were kept.
+        """
+        self.outbox.pause()
+        self.outbox.put("e1", 60, "s")
+        self.assertTrue(self.outbox.put("r1", 60))
+        self.assertFalse(self.outbox.put("e2", 10, "s"))
+        self.assertTrue(self.outbox.put("r2", 60))
+        self.assertEqual(self.outbox.pending_bytes, 180)
+        self.assertTrue(self.outbox.over_budget)
+        self.assertFalse(self.outbox.overflowed)
+        self.outbox.resume()
+        self.assertEqual(self.writer.written, ["e1", "r1", "r2"])
+
+    def test_put_repliesRefusedOverLimit(self) -> None:
+        """
+        A reply or notice that would take the queue over the hard limit
+        (twice the budget by default) is refused and marks the outbox
+        overflowed: the client is not reading at all.
+        """
+        self.outbox.pause()
+        self.assertTrue(self.outbox.put("r1", 150))
+        self.assertTrue(self.outbox.put("r2", 50))
+        self.assertFalse(self.outbox.overflowed)
+        self.assertFalse(self.outbox.put("r3", 1))
+        self.assertTrue(self.outbox.overflowed)
+        self.assertEqual(self.outbox.pending_bytes, 200)
+
+    def test_put_explicitLimit(self) -> None:
+        """
+        The hard limit can be given.
+        """
+        outbox: Outbox[str] = Outbox(100, self.writer.write, limit=120)
+        outbox.pause()
+        self.assertTrue(outbox.put("r1", 120))
+        self.assertFalse(outbox.put("r2", 1))
+        self.assertTrue(outbox.overflowed)
+
+    def test_resume_reportsDropsOnceDrained(self) -> None:
+        """
+        Once the queue has drained, C{resume} returns the drop counts per
+        source, once; they start again from zero.
+        """
+        self.outbox.pause()
+        for i in range(5):
+            self.outbox.put(f"e{i}", 40, "a")
+        self.outbox.put("x", 40, "b")
+        self.assertEqual(self.outbox.resume(), {"a": 3, "b": 1})
+        self.assertEqual(self.outbox.dropped, {})
+        self.assertFalse(self.outbox.over_budget)
+        self.assertEqual(self.outbox.resume(), {})
+
+    def test_resume_noReportUntilDrained(self) -> None:
+        """
+        A resume that leaves items waiting reports nothing yet; the counts
+        keep growing until the queue drains.
+        """
+        self.outbox.pause()
+        for i in range(4):
+            self.outbox.put(f"e{i}", 40, "a")
+        self.writer.pause_after = 1
+        self.assertEqual(self.outbox.resume(), {})
+        self.assertEqual(self.outbox.pending, 1)
+        self.outbox.put("e4", 40, "a")
+        self.outbox.put("e5", 40, "a")
+        self.assertEqual(self.outbox.dropped, {"a": 3})
+        self.assertEqual(self.outbox.resume(), {"a": 3})
+        self.assertEqual(self.writer.written, ["e0", "e1", "e4"])
+
+    def test_resume_noReportWhenPausedByLastWrite(self) -> None:
+        """
+        If writing the last item pauses the outbox, the drops are reported
+        on the next resume, when the transport has really drained.
+        """
+        self.outbox.pause()
+        for i in range(4):
+            self.outbox.put(f"e{i}", 40, "a")
+        self.writer.pause_after = 2
+        self.assertEqual(self.outbox.resume(), {})
+        self.assertEqual(self.outbox.pending, 0)
+        self.assertEqual(self.outbox.resume(), {"a": 2})
+
+    def test_clear_releases(self) -> None:
+        """
+        C{clear} forgets everything that waits.
+        """
+        self.outbox.pause()
+        for i in range(5):
+            self.outbox.put(f"e{i}", 40, "a")
+        self.outbox.clear()
+        self.assertEqual((self.outbox.pending, self.outbox.pending_bytes, self.outbox.dropped), (0, 0, {}))
+        self.assertEqual(self.outbox.resume(), {})
+        self.assertEqual(self.writer.written, [])
+
+
+_outbox_ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("event"), st.sampled_from("ab"), st.integers(min_value=1, max_value=60)),
+        st.tuples(st.just("reply"), st.just(""), st.integers(min_value=1, max_value=60)),
+        st.tuples(st.just("pause"), st.just(""), st.just(0)),
+        st.tuples(st.just("resume"), st.just(""), st.integers(min_value=0, max_value=4)),
+    ),
+    max_size=60,
+)
+
+
+class OutboxPropertyTests(SynchronousTestCase):
+    """
+    L{Outbox} under arbitrary interleavings of items and transport signals.
+    """
+
+    @settings(max_examples=300, deadline=None, database=None)
+    @given(ops=_outbox_ops)
+    def test_outbox_boundedOrderedAccounted(self, ops: list[tuple[str, str, int]]) -> None:
+        """
+        Whatever happens: queued events never exceed the budget and the
+        whole queue never exceeds the limit; what is written keeps the order
+        it was put in; every reply is written, queued or (only over the
+        limit) refused; every event is written, queued or counted as
+        dropped, and drop counts are reported exactly once.
+        """
+        writer = _Writer()
+        outbox: Outbox[tuple[str, int]] = Outbox(100, writer.write, limit=150)
+        writer.outbox = outbox
+        put: list[tuple[str, int]] = []
+        refused: list[tuple[str, int]] = []
+        events_put = {"a": 0, "b": 0}
+        reported = {"a": 0, "b": 0}
+        sizes: dict[tuple[str, int], int] = {}
+        for index, (op, source, size) in enumerate(ops):
+            if op in ("event", "reply"):
+                item = (source or "r", index)
+                sizes[item] = size
+                kept = outbox.put(item, size, source or None)
+                if op == "event":
+                    events_put[source] += 1
+                if kept:
+                    put.append(item)
+                elif op == "reply":
+                    refused.append(item)
+            elif op == "pause":
+                outbox.pause()
+            else:
+                writer.pause_after = size or None
+                for key, count in outbox.resume().items():
+                    reported[key] += count
+            queued_events = sum(sizes[i] for i in put[len(writer.written) :] if i[0] != "r")
+            assert queued_events <= 100
+            assert outbox.pending_bytes <= 150
+            assert outbox.pending_bytes == sum(sizes[i] for i in put[len(writer.written) :])
+        # Written is a prefix of what was kept, in order.
+        assert writer.written == put[: len(writer.written)]
+        assert len(writer.written) + outbox.pending == len(put)
+        assert all(item[0] == "r" for item in refused)
+        assert bool(refused) == outbox.overflowed
+        for source in "ab":
+            kept_events = sum(1 for item in put if item[0] == source)
+            assert kept_events + reported[source] + outbox.dropped.get(source, 0) == events_put[source]

@@ -9,7 +9,9 @@ each test, so nothing is scheduled on the global reactor.
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from typing import Any
 
 import txaio
@@ -17,6 +19,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -27,13 +30,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from kiwi import protocol
-from kiwi.config import SubscriberConfig
+from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.events import CounterEvent
 from kiwi.registry import Frame, ISubscriber, Registry
 from kiwi.sources import ISource
 from kiwi.ws import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
+    CLOSE_POLICY_VIOLATION,
+    FRAME_OVERHEAD,
     HealthResource,
     KiwiServerFactory,
     KiwiServerProtocol,
@@ -107,7 +112,9 @@ class WebSocketTestMixin:
     registry: Registry
     factory: KiwiServerFactory
 
-    def setUpWebSocket(self, subscriber_config: SubscriberConfig = SubscriberConfig()) -> None:
+    def setUpWebSocket(
+        self, subscriber_config: SubscriberConfig = SubscriberConfig(), server_config: ServerConfig | None = None
+    ) -> None:
         """
         Point txaio at a fresh clock and build the server factory.
         """
@@ -116,7 +123,7 @@ class WebSocketTestMixin:
         self.registry = Registry(subscriber_config)
         self.registry.add_source(FakeSource("c"))
         self.registry.add_source(FakeSource("d"))
-        self.factory = KiwiServerFactory(self.registry, self.clock)
+        self.factory = KiwiServerFactory(self.registry, self.clock, server_config)
 
     def connect_protocol(self, server: Any) -> tuple[RecordingClient, iosim.IOPump]:
         """
@@ -483,6 +490,436 @@ class KiwiServerProtocolTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(self.factory.connections, set())
 
 
+BUDGET = 1000
+SLOW_TIMEOUT = 5.0
+SLOW_REASON = "client too slow: could not keep up with its subscriptions"
+
+
+def _size(payload: bytes) -> int:
+    return len(payload) + FRAME_OVERHEAD
+
+
+def _result(source_id: str, n: int) -> bytes:
+    return protocol.encode_result(CounterEvent(source_id, n))
+
+
+class ProducerTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    Each connection is its transport's push producer: while the transport
+    has paused it, messages wait in its outbox, events over the budget are
+    dropped and counted, a C{LAG} notice follows the drain, and a client
+    that stays over budget is closed with 1008.
+
+    The in-memory transport never pauses by itself, so the tests call
+    C{pauseProducing} and C{resumeProducing} as a real transport would.
+    """
+
+    def setUp(self) -> None:
+        self.setUpWebSocket(
+            SubscriberConfig(max_pending_bytes=BUDGET, slow_client_timeout_s=SLOW_TIMEOUT, buffer_capacity=5)
+        )
+
+    def kept(self, payloads: list[bytes]) -> int:
+        """
+        How many of C{payloads} (of one source, queued in order while
+        paused) fit in the budget: the rest are dropped.
+        """
+        total = 0
+        for index, payload in enumerate(payloads):
+            total += _size(payload)
+            if total > BUDGET:
+                return index
+        return len(payloads)
+
+    def test_producer_registeredOnOpen(self) -> None:
+        """
+        Once open, the connection is its transport's streaming producer.
+        """
+        client, server, pump = self.connect()
+        self.assertTrue(verifyObject(IPushProducer, server))
+        transport = server.transport
+        self.assertIs(transport.producer, server)  # type: ignore[union-attr]
+        self.assertTrue(transport.streamingProducer)  # type: ignore[union-attr]
+
+    def test_pause_queuesThenResumeWrites(self) -> None:
+        """
+        While paused nothing is written; resuming writes what waited, in
+        order, and the outbox is empty again.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in (1, 2, 3)])
+        pump.flush()
+        self.assertEqual(client.take(), [])
+        self.assertEqual(server.pending_bytes, sum(_size(_result("c", n)) for n in (1, 2, 3)))
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(client.take(), [_result("c", n) for n in (1, 2, 3)])
+        self.assertEqual(server.pending_bytes, 0)
+
+    def test_pause_dropsEventsOverBudget(self) -> None:
+        """
+        While paused, events beyond the budget are dropped: the outbox
+        stays within it, and after the drain the client gets the events
+        that were kept and then one C{LAG} notice with the number dropped.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        payloads = [_result("c", n) for n in range(40)]
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        kept = self.kept(payloads)
+        self.assertLess(kept, 40)
+        self.assertLessEqual(server.pending_bytes, BUDGET)
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(client.take(), payloads[:kept] + [protocol.lag_notice("c", 40 - kept)])
+
+    def test_lag_countPerSource(self) -> None:
+        """
+        Drops are counted per source, and each source gets its own
+        C{LAG} notice after the drain.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "d"})
+        server.pauseProducing()
+        for n in range(30):
+            self.registry.publish("c", [CounterEvent("c", n)])
+            self.registry.publish("d", [CounterEvent("d", n)])
+        payloads = [_result(source, n) for n in range(30) for source in "cd"]
+        kept = self.kept(payloads)
+        # Events of both sources grow with n, so once one is dropped all
+        # later ones are too; notices come in the order of the first drop.
+        dropped: dict[str, int] = {}
+        for payload in payloads[kept:]:
+            source = "c" if b'"sourceId":"c"' in payload else "d"
+            dropped[source] = dropped.get(source, 0) + 1
+        self.assertEqual(set(dropped), {"c", "d"})
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(
+            client.take(),
+            payloads[:kept] + [protocol.lag_notice(source, count) for source, count in dropped.items()],
+        )
+
+    def test_lag_onlyOncePerDrain(self) -> None:
+        """
+        The drop counts start again from zero after the notice: a later
+        drain without drops sends no notice.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        server.resumeProducing()
+        pump.flush()
+        client.take()
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", 99)])
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(client.take(), [_result("c", 99)])
+
+    def test_replies_neverDroppedOrderKept(self) -> None:
+        """
+        Replies are queued even when the outbox is over budget, in order
+        with the events that were kept; events after them are still
+        dropped and counted.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        payloads = [_result("c", n) for n in range(30)]
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(30)])
+        kept = self.kept(payloads)
+        self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "d"}), [])
+        self.assertEqual(self.send(client, pump, {"type": "UNSUBSCRIBE", "sourceId": "zz"}), [])
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(30, 35)])
+        self.assertGreater(server.pending_bytes, BUDGET - 100)
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(
+            client.take(),
+            payloads[:kept]
+            + [
+                protocol.subscribe_ok("d"),
+                protocol.command_error("UNSUBSCRIBE", "zz", "not subscribed to this source"),
+                protocol.lag_notice("c", 35 - kept),
+            ],
+        )
+        self.assertEqual(server.state, server.STATE_OPEN)
+
+    def test_pull_droppedByOutboxCountsTowardLag(self) -> None:
+        """
+        A pull event that the outbox drops has spent its credit, and is
+        counted in the C{LAG} notice sent after the drain.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c", "mode": "pull"})
+        self.assertEqual(
+            self.send(client, pump, {"type": "REQUEST", "sourceId": "c", "n": 100}), [protocol.request_ok("c", 100)]
+        )
+        server.pauseProducing()
+        payloads = [_result("c", n) for n in range(40)]
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        kept = self.kept(payloads)
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(client.take(), payloads[:kept] + [protocol.lag_notice("c", 40 - kept)])
+        self.assertEqual(
+            self.send(client, pump, {"type": "REQUEST", "sourceId": "c", "n": 1}), [protocol.request_ok("c", 61)]
+        )
+
+    def test_pull_bufferedDeliveryRespectsBudget(self) -> None:
+        """
+        Buffered pull events delivered by C{REQUEST} while the connection
+        is paused go through the outbox like any event; the C{REQUEST_OK}
+        reply is never dropped and follows them.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c", "mode": "pull"})
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(5)])
+        server.pauseProducing()
+        self.assertEqual(self.send(client, pump, {"type": "REQUEST", "sourceId": "c", "n": 2}), [])
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(client.take(), [_result("c", 0), _result("c", 1), protocol.request_ok("c", 0)])
+
+    def test_slowTimer_startedOnFirstDrop(self) -> None:
+        """
+        The slow-client timer starts when the first event is dropped, for
+        C{slow_client_timeout_s}, and further drops do not restart it.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        payloads = [_result("c", n) for n in range(40)]
+        kept = self.kept(payloads)
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(kept)])
+        self.assertIsNone(server._slow_timer)
+        self.clock.advance(1)
+        self.registry.publish("c", [CounterEvent("c", kept)])
+        timer = server._slow_timer
+        assert timer is not None
+        self.assertEqual(timer.getTime(), self.clock.seconds() + SLOW_TIMEOUT)
+        self.clock.advance(1)
+        self.registry.publish("c", [CounterEvent("c", kept + 1)])
+        self.assertIs(server._slow_timer, timer)
+        self.assertTrue(timer.active())
+
+    def test_slowTimer_cancelledOnDrain(self) -> None:
+        """
+        A connection that drains its outbox before the timeout is not
+        closed: the timer is cancelled.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        timer = server._slow_timer
+        assert timer is not None
+        self.clock.advance(SLOW_TIMEOUT - 1)
+        server.resumeProducing()
+        self.assertFalse(timer.active())
+        self.assertIsNone(server._slow_timer)
+        self.clock.advance(SLOW_TIMEOUT * 2)
+        pump.flush()
+        self.assertEqual(server.state, server.STATE_OPEN)
+        self.assertIsNone(client.close_info)
+
+    def test_slowTimer_notCancelledByPartialDrain(self) -> None:
+        """
+        A resume that the transport pauses again before the outbox has
+        drained leaves the timer running.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        timer = server._slow_timer
+        assert timer is not None
+        transport = server.transport
+        assert transport is not None
+        write = transport.write
+
+        def write_then_pause(data: bytes) -> None:
+            write(data)
+            server.pauseProducing()
+
+        self.patch(transport, "write", write_then_pause)
+        server.resumeProducing()
+        self.assertGreater(server.pending_bytes, 0)
+        self.assertTrue(timer.active())
+
+    def test_slowTimer_expiryClosesWith1008(self) -> None:
+        """
+        A connection still over budget when the timer fires is closed with
+        code 1008 and a reason; its outbox is released at once, and the
+        close frame goes ahead of anything that was queued.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        self.clock.advance(SLOW_TIMEOUT)
+        self.assertEqual(server.pending_bytes, 0)
+        self.assertEqual(server.state, server.STATE_CLOSING)
+        pump.flush()
+        self.assertEqual(client.take(), [])
+        assert client.close_info is not None
+        self.assertEqual(client.close_info[1:], (CLOSE_POLICY_VIOLATION, SLOW_REASON))
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(self.registry.subscriber_count("c"), 0)
+
+    def test_slowTimer_unresponsivePeerAborted(self) -> None:
+        """
+        If the slow client never answers the close frame, the TCP
+        connection is aborted after Autobahn's close handshake timeout.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        transport = server.transport
+        assert transport is not None
+        aborted = []
+        abort = transport.abortConnection  # type: ignore[attr-defined]
+        self.patch(transport, "abortConnection", lambda: (aborted.append(True), abort()))
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        self.clock.advance(SLOW_TIMEOUT)
+        self.assertEqual(aborted, [])
+        # The client reads nothing (no pump): after the close handshake
+        # timeout the server gives up on it.
+        self.clock.advance(self.factory.closeHandshakeTimeout + 0.5)
+        self.assertEqual(aborted, [True])
+        pump.flush()
+        self.assertEqual(self.factory.connections, set())
+
+    def test_slowTimer_cancelledOnClose(self) -> None:
+        """
+        A connection that goes away while its timer runs leaves no timer
+        behind.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        timer = server._slow_timer
+        assert timer is not None
+        client.sendClose(1000)
+        pump.flush()
+        self.assertFalse(timer.active())
+        self.assertEqual(self.factory.connections, set())
+
+    def test_overflow_unreadRepliesClose(self) -> None:
+        """
+        A client that keeps sending commands without reading the replies is
+        closed with 1008 once they pass twice the budget, instead of
+        holding them without bound.
+        """
+        client, server, pump = self.connect()
+        server.pauseProducing()
+        reply = protocol.command_error("UNSUBSCRIBE", "zz", "not subscribed to this source")
+        limit = 2 * BUDGET
+        for _ in range(limit // _size(reply) + 5):
+            client.sendMessage(json.dumps({"type": "UNSUBSCRIBE", "sourceId": "zz"}).encode(), isBinary=False)
+        pump.flush()
+        self.assertEqual(client.take(), [])
+        assert client.close_info is not None
+        self.assertEqual(
+            client.close_info[1:], (CLOSE_POLICY_VIOLATION, "client too slow: too many unread replies and notices")
+        )
+        self.assertEqual(self.factory.connections, set())
+
+    def test_close_releasesOutbox(self) -> None:
+        """
+        When a stalled connection closes, what waited in its outbox is
+        released.
+        """
+        client, server, pump = self.connect()
+        server.pauseProducing()
+        frame = Frame(b'{"type":"RESULT"}', "c")
+        server.send_frame(frame)
+        self.assertEqual(server.pending_bytes, _size(frame.payload))
+        queued = weakref.ref(frame)
+        del frame
+        gc.collect()
+        self.assertIsNotNone(queued())
+        client.sendClose(1000)
+        pump.flush()
+        gc.collect()
+        self.assertIsNone(queued())
+        self.assertIsNone(server._outbox)
+        self.assertEqual(server.pending_bytes, 0)
+
+    def test_sendFrame_afterCloseIgnored(self) -> None:
+        """
+        Once the closing handshake has started nothing more is queued.
+        """
+        client, server, pump = self.connect()
+        server.pauseProducing()
+        server.close_with(CLOSE_GOING_AWAY, "bye")
+        server.send_frame(Frame(b"{}", "c"))
+        server.send_frame(Frame(b"{}"))
+        self.assertEqual(server.pending_bytes, 0)
+
+
+class KeepaliveTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    WebSocket pings find peers that stopped answering.
+    """
+
+    def setUp(self) -> None:
+        self.setUpWebSocket(server_config=ServerConfig(listen="tcp:0", ping_interval_s=2, ping_timeout_s=1))
+
+    def test_factory_pingOptions(self) -> None:
+        """
+        C{server.ping_interval_s} and C{server.ping_timeout_s} become
+        Autobahn's auto-ping options.
+        """
+        self.assertEqual((self.factory.autoPingInterval, self.factory.autoPingTimeout), (2, 1))
+
+    def test_factory_pingsOff(self) -> None:
+        """
+        C{ping_interval_s: 0} turns pings off; without a server
+        configuration there are none either.
+        """
+        off = KiwiServerFactory(self.registry, self.clock, ServerConfig(listen="tcp:0", ping_interval_s=0))
+        self.assertEqual(off.autoPingInterval, 0)
+        self.assertEqual(KiwiServerFactory(self.registry, self.clock).autoPingInterval, 0)
+
+    def test_ping_answeredKeepsConnection(self) -> None:
+        """
+        A client that answers pings stays connected.
+        """
+        client, server, pump = self.connect()
+        for _ in range(10):
+            self.clock.advance(1)
+            pump.flush()
+        self.assertEqual(server.state, server.STATE_OPEN)
+        self.assertEqual(self.factory.connections, {server})
+
+    def test_ping_silentPeerDropped(self) -> None:
+        """
+        A peer that stops answering (a half-open connection: nothing is
+        pumped) is dropped after the ping interval and timeout, and its
+        connection is forgotten.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        transport = server.transport
+        assert transport is not None
+        self.clock.advance(2.5)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1.5)
+        self.assertTrue(transport.disconnecting)
+        pump.flush()
+        self.assertEqual(self.factory.connections, set())
+        self.assertEqual(self.registry.subscriber_count("c"), 0)
+        self.assertIsNone(server._outbox)
+
+
 class HttpTests(WebSocketTestMixin, SynchronousTestCase):
     """
     C{/health}, the C{426} reply and the site as a whole.
@@ -566,6 +1003,9 @@ class HttpTests(WebSocketTestMixin, SynchronousTestCase):
         client, pump = self.connect_protocol(site.buildProtocol(CLIENT_ADDRESS))
         self.assertTrue(client.opened)
         self.assertEqual(len(self.factory.connections), 1)
+        # The protocol replaced the HTTP channel as the transport's producer.
+        server = next(iter(self.factory.connections))
+        self.assertIs(server.transport.producer, server)  # type: ignore[union-attr]
         self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}), [protocol.subscribe_ok("c")])
 
     def site(self, site: Site) -> Site:

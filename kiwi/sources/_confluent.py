@@ -131,12 +131,19 @@ class ConfluentConsumer:
 
     def thd_consume(self, max_records: int, timeout: float) -> Batch:
         """
-        Wait up to C{timeout} seconds for up to C{max_records} records.
+        Wait up to C{timeout} seconds for a record, then take up to
+        C{max_records} of those already fetched.
         """
         self._errors = []
         self._brokers_down = False
         self._lag = None
-        records = self._consumer.consume(max_records, timeout)
+        # consume(n, timeout) waits until it has n records or the timeout
+        # passes, which would hold the first record back for up to the
+        # whole timeout at moderate rates: wait for one, then take what is
+        # there without waiting.
+        records = self._consumer.consume(1, timeout)
+        if records and max_records > 1:
+            records += self._consumer.consume(max_records - 1, 0)
         events = []
         for record in records:
             error = record.error()

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import struct
+import time
 
 
 class StalledClient:
@@ -48,6 +49,26 @@ class StalledClient:
         mask = os.urandom(4)
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         self.sock.sendall(struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked)
+
+    def wait_dropped(self, timeout: float) -> bool:
+        """
+        Start reading at last: discard everything until the server closes
+        or resets the connection. Return whether it did so within
+        C{timeout} seconds.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.sock.settimeout(remaining)
+                if not self.sock.recv(65536):
+                    return True
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
 
     def close(self) -> None:
         self.sock.close()

@@ -6,7 +6,10 @@ and clients that stop reading.
 from __future__ import annotations
 
 import base64
+import time
 
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.integration.base import IntegrationTestCase
@@ -170,3 +173,49 @@ class SlowClientTests(IntegrationTestCase):
             self.assertLess(time.monotonic(), deadline, kiwi.output)
             await deferLater(reactor, 0.1, lambda: None)
         self.assertIn("disconnected: too slow", kiwi.output)
+        # The TCP connection is really gone (the peer never answered the
+        # close frame, so Kiwi aborted it), and so is its outbox.
+        self.assertTrue(await deferToThread(stalled.wait_dropped, 30))
+        health = await kiwi.health()
+        self.assertEqual(health["pending_bytes"], 0)
+        self.assertEqual(health["sources"][topic]["subscribers"], 1)
+
+
+class KeepaliveTests(IntegrationTestCase):
+    """
+    WebSocket pings find connections whose peer stopped answering.
+    """
+
+    async def test_halfOpen_droppedByPingTimeout(self) -> None:
+        """
+        A raw client that completes the handshake and subscribes, then
+        neither reads nor answers pings, is disconnected after
+        ping_interval_s + ping_timeout_s: /health's connections drops and
+        its socket is closed. A normal client, which answers pings, stays.
+        """
+        topic = await self.create_topic()
+        config = self.kafka_config(topic)
+        config["server"] = {"listen": "tcp:0:interface=127.0.0.1", "ping_interval_s": 0.5, "ping_timeout_s": 1}
+        kiwi = await self.start_kiwi(config)
+        await kiwi.wait_source_state(topic, "running")
+        reader = await self.connect(kiwi)
+        await reader.subscribe(topic)
+        assert kiwi.port is not None
+        silent = await deferToThread(StalledClient, kiwi.port)
+        self.addCleanup(silent.close)
+        silent.send({"type": "SUBSCRIBE", "sourceId": topic})
+
+        # The handshake has completed, so Kiwi counts two connections
+        # until the silent one is dropped.
+        deadline = time.monotonic() + 30
+        while (await kiwi.health())["connections"] != 1:
+            self.assertLess(time.monotonic(), deadline, kiwi.output)
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertTrue(await deferToThread(silent.wait_dropped, 30))
+        health = await kiwi.health()
+        self.assertEqual(health["sources"][topic]["subscribers"], 1)
+        self.assertEqual(health["pending_bytes"], 0)
+        # The normal client is still there and still served.
+        await self.produce(topic, [(None, b"after", None)])
+        await reader.wait_for(lambda: reader.results(topic), 20)
+        self.assertFalse(reader.factory.is_closed)

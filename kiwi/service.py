@@ -1,8 +1,8 @@
 """
 Kiwi's root service: builds the service tree from a configuration.
 
-Children, in start order: C{sources} (one child per source), then the
-C{listener}. Twisted stops children in reverse order, so clients are told
+Children, in start order: C{sources} (one child per source), C{auth} (when
+JWT authentication is configured), then the C{listener}. Twisted stops children in reverse order, so clients are told
 to go away before the sources stop.
 """
 
@@ -14,8 +14,10 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from kiwi.logs import logger
 
-from kiwi.config import CounterSourceConfig, KiwiConfig, SourceConfig
+from kiwi.auth import IAuthenticator, OpenAccess
+from kiwi.config import AuthConfig, CounterSourceConfig, KiwiConfig, SourceConfig
 from kiwi.endpoints import ListenerService
+from kiwi.limits import ConnectionGuard
 from kiwi.registry import Registry
 from kiwi.sources import IEventSink, ISource
 from kiwi.ws import KiwiServerFactory, build_site
@@ -36,6 +38,19 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
     # its outbox budget.
     turn_bytes = max(4096, kiwi.subscriber.max_pending_bytes // 4)
     return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
+
+
+def build_authenticator(config: AuthConfig | None, reactor: Any) -> IAuthenticator:
+    """
+    The authenticator for an C{auth} section (none: open access).
+    """
+    if config is None or config.jwt is None:
+        return OpenAccess()
+    import os
+
+    from kiwi.auth.jwt import JWTAuthenticator
+
+    return JWTAuthenticator(config.jwt, config.anonymous_sources, reactor, os.environ)
 
 
 class KiwiService(MultiService):
@@ -60,9 +75,16 @@ class KiwiService(MultiService):
             source = build_source(source_config, config, self.registry, reactor)
             self.registry.add_source(source)
             IService(source).setServiceParent(sources)
-        self.factory = KiwiServerFactory(self.registry, reactor, config.server)
+        self.authenticator = build_authenticator(config.auth, reactor)
+        if IService.providedBy(self.authenticator):
+            IService(self.authenticator).setServiceParent(self)
+        self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator)
         site = build_site(self.factory, config.server.healthcheck)
-        self.listener = ListenerService(reactor, config.server.listen, site, self.factory)
+        server = config.server
+        guard = ConnectionGuard(
+            site, reactor, server.max_connections, server.max_connections_per_ip, server.handshake_timeout_s
+        )
+        self.listener = ListenerService(reactor, server.listen, guard, self.factory, tls=server.tls)
         # The listener goes last, so that it stops first.
         self.listener.setServiceParent(self)
 

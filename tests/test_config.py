@@ -457,7 +457,7 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
             ],
         )
         allowed = _allowed_keys(problems)
-        self.assertEqual(allowed["extra"], ["sources", "kafka", "server", "hooks", "subscriber"])
+        self.assertEqual(allowed["extra"], ["sources", "kafka", "server", "hooks", "subscriber", "auth"])
         self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic"])
         self.assertEqual(allowed["sources[1].step"], ["type", "id", "interval_ms", "min", "max", "lazy"])
         self.assertEqual(allowed["hooks.on_connect"], ["authenticate", "intercept"])
@@ -484,7 +484,7 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(
             problems,
             [
-                "server.tls.certificate: unknown key (expected one of: cert, key)",
+                "server.tls.certificate: unknown key (expected one of: cert, key, chain, client_ca)",
                 "server.tls.cert: required key is missing",
                 "server.tls.key: required key is missing",
             ],

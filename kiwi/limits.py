@@ -68,7 +68,7 @@ class TokenBucket:
         return True
 
 
-class _GuardedConnection(ProtocolWrapper):
+class GuardedConnection(ProtocolWrapper):
     """
     One accepted connection: counted, and dropped if it is not answered in
     time.
@@ -83,7 +83,10 @@ class _GuardedConnection(ProtocolWrapper):
         self._deadline = self.factory.clock.callLater(self.factory.handshake_timeout_s, self._too_slow)
         super().makeConnection(transport)
 
-    def _answered(self) -> None:
+    def mark_answered(self) -> None:
+        """
+        The connection got its first answer: the deadline no longer applies.
+        """
         self.answered = True
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
@@ -91,12 +94,12 @@ class _GuardedConnection(ProtocolWrapper):
 
     def write(self, data: bytes) -> None:
         if not self.answered:
-            self._answered()
+            self.mark_answered()
         super().write(data)
 
     def writeSequence(self, data: Any) -> None:
         if not self.answered:
-            self._answered()
+            self.mark_answered()
         super().writeSequence(data)
 
     def _too_slow(self) -> None:
@@ -172,7 +175,7 @@ class ConnectionGuard(WrappingFactory):
     @ivar per_host: Open connections per client address.
     """
 
-    protocol = _GuardedConnection
+    protocol = GuardedConnection
     log = logger()
     noisy = False
 
@@ -209,14 +212,14 @@ class ConnectionGuard(WrappingFactory):
         self.log.warn("refused a connection from {peer}: {limit}", peer=host or str(addr), limit=what)
         return _Refusal(self, *refusal)
 
-    def registerProtocol(self, p: _GuardedConnection) -> None:
+    def registerProtocol(self, p: GuardedConnection) -> None:
         super().registerProtocol(p)
         self.count += 1
         p.host = host = _host(p.getPeer())
         if host is not None:
             self.per_host[host] = self.per_host.get(host, 0) + 1
 
-    def unregisterProtocol(self, p: _GuardedConnection) -> None:
+    def unregisterProtocol(self, p: GuardedConnection) -> None:
         super().unregisterProtocol(p)
         self.count -= 1
         host = p.host

@@ -16,17 +16,16 @@ from __future__ import annotations
 import itertools
 import json
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.twisted.util import peer2str
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -39,7 +38,7 @@ from kiwi.auth.origin import OriginPolicy
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
 from kiwi.flow import Outbox
-from kiwi.limits import TokenBucket
+from kiwi.limits import GuardedConnection, TokenBucket
 from kiwi.logs import logger
 from kiwi.protocol import Authenticate, ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
 from kiwi.registry import Frame, ISubscriber, Registry
@@ -397,7 +396,6 @@ class KiwiServerFactory(WebSocketServerFactory):
         self.authenticator: IAuthenticator = authenticator or OpenAccess()
         self.origins = OriginPolicy(self.server_config.allowed_origins)
         self.connections: set[KiwiServerProtocol] = set()
-        self._admitted: tuple[Identity, str] | None = None
         config = self.server_config
         options: dict[str, Any] = {
             "webStatus": False,
@@ -415,22 +413,13 @@ class KiwiServerFactory(WebSocketServerFactory):
             options["autoPingTimeout"] = server_config.ping_timeout_s
         self.setProtocolOptions(**options)
 
-    @contextmanager
-    def admitting(self, identity: Identity, conn_id: str) -> Iterator[None]:
+    def admit(self, addr: Any, identity: Identity, conn_id: str) -> KiwiServerProtocol:
         """
-        Give the connection built meanwhile (by Autobahn's resource) this
-        identity and id.
+        A new connection that was admitted with C{identity}.
         """
-        self._admitted = (identity, conn_id)
-        try:
-            yield
-        finally:
-            self._admitted = None
-
-    def buildProtocol(self, addr: Any) -> KiwiServerProtocol:
-        connection: KiwiServerProtocol = super().buildProtocol(addr)
-        if self._admitted is not None:
-            connection.identity, connection.conn_id = self._admitted
+        connection: KiwiServerProtocol = self.buildProtocol(addr)
+        connection.identity = identity
+        connection.conn_id = conn_id
         return connection
 
     def close_all(self, code: int, reason: str) -> None:
@@ -453,7 +442,6 @@ class _WebSocketEntry(Resource):
     def __init__(self, factory: KiwiServerFactory) -> None:
         super().__init__()
         self._factory = factory
-        self._websocket = WebSocketResource(factory)
 
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade") or ""
@@ -471,18 +459,45 @@ class _WebSocketEntry(Resource):
         return b"This is a Kiwi WebSocket endpoint: connect with a WebSocket client.\n"
 
     def _upgrade(self, identity: Identity | None, request: Request, conn_id: str) -> None:
-        if identity is None or request.channel is None or request.finished:
+        """
+        Hand the connection over from Twisted Web to a new Kiwi protocol,
+        which then answers the handshake (as Autobahn's own resource does,
+        but giving the protocol its identity, and the TLS transport itself
+        rather than the connection guard wrapped around the site).
+        """
+        channel = getattr(request, "channel", None)
+        if identity is None or channel is None or request.finished or channel.transport is None:
             # Refused, or the client left while its token was checked.
             return
-        with self._factory.admitting(identity, conn_id):
-            result = self._websocket.render(request)
-        if result is not NOT_DONE_YET:
-            request.write(result)
-            request.finish()
+        transport = channel.transport
+        connection = self._factory.admit(transport.getPeer(), identity, conn_id)
+        channel.transport = None
+        try:
+            if isinstance(transport, ProtocolWrapper):
+                transport.wrappedProtocol = connection
+            else:
+                transport.protocol = connection
+            if isinstance(transport, GuardedConnection):
+                # The guard keeps counting the connection and passing data
+                # in; the protocol writes to the transport beneath it (TLS,
+                # which Autobahn wants to see as such).
+                transport.mark_answered()
+                transport = transport.transport
+            connection.makeConnection(transport)
+            if hasattr(transport, "resumeProducing"):
+                transport.resumeProducing()
+            head = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
+            for name, values in request.requestHeaders.getAllRawHeaders():
+                head += name + b": " + b",".join(values) + b"\r\n"
+            connection.dataReceived(head + b"\r\n" + request.content.read())
+        except Exception:
+            self._log.failure("{conn_id} failed taking over the connection", conn_id=conn_id)
+            transport.abortConnection()
 
     def _failed(self, failure: Failure, request: Request, conn_id: str) -> None:
         self._log.failure("{conn_id} failed during the handshake", failure, conn_id=conn_id)
-        if request.channel is not None and not request.finished:
+        channel = getattr(request, "channel", None)
+        if channel is not None and channel.transport is not None and not request.finished:
             refuse(request, 500, "internal error")
 
 

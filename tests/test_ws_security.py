@@ -140,8 +140,7 @@ class SecurityTestMixin(WebSocketTestMixin):
         """
         A connection admitted with C{identity}.
         """
-        with self.factory.admitting(identity, "c-test"):
-            server = self.factory.buildProtocol(CLIENT_ADDRESS)
+        server = self.factory.admit(CLIENT_ADDRESS, identity, "c-test")
         client, pump = self.connect_protocol(server)
         return client, server, pump
 
@@ -336,6 +335,42 @@ class HandshakeGateTests(SecurityTestMixin, SynchronousTestCase):
         good = pki.token(pki.claims(NOW, sources=["c"]), pki.rsa_key())
         client, _ = self.site_connection(headers={"Authorization": f"Bearer {good}"})
         self.assertTrue(client.opened)
+
+    def test_gate_throughGuard(self) -> None:
+        """
+        Behind the connection guard (as in production) the upgraded
+        connection is still counted by the guard, its handshake deadline is
+        cancelled, and closing it frees its place.
+        """
+        from kiwi.limits import ConnectionGuard
+
+        site = build_site(self.factory, healthcheck=True)
+        site.reactor = self.clock
+        guard = ConnectionGuard(site, self.clock, 10, 10, 5.0)
+        client_factory = WebSocketClientFactory(
+            url="ws://localhost:8000/", reactor=self.clock, headers={"Authorization": "Bearer good"}
+        )
+        client_factory.protocol = RecordingClient
+        client = client_factory.buildProtocol(SERVER_ADDRESS)
+        server = guard.buildProtocol(CLIENT_ADDRESS)
+        pump = iosim.connect(
+            server,
+            iosim.FakeTransport(server, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS),
+            client,
+            iosim.FakeTransport(client, isServer=False, hostAddress=CLIENT_ADDRESS, peerAddress=SERVER_ADDRESS),
+            clock=self.clock,
+        )
+        self.assertTrue(client.opened)
+        self.assertEqual(guard.count, 1)
+        self.clock.advance(6)
+        pump.flush()
+        self.assertIsNone(client.close_info)
+        self.assertEqual(self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"}), [protocol.subscribe_ok("c")])
+        client.sendClose(1000)
+        pump.flush()
+        self.clock.advance(10)
+        pump.flush()
+        self.assertEqual((guard.count, self.factory.connections), (0, set()))
 
     def test_health_serverHeader(self) -> None:
         """

@@ -27,7 +27,7 @@ def refuse(request: Request, status: int, reason: str, headers: dict[bytes, byte
     Answer C{request} with C{status} and a short text body, then close the
     connection.
     """
-    if request.finished or getattr(request, "_disconnected", False):
+    if request.finished or getattr(request, "channel", None) is None:
         return
     # The handshake asked for "Connection: Upgrade"; make Twisted Web close
     # the connection after this answer instead of waiting for another

@@ -65,7 +65,7 @@ class _PrinterFactory(WebSocketClientFactory):
     protocol = _Printer
 
     def __init__(self, url: str, sources: list[str], pull: int | None, token: str | None = None) -> None:
-        super().__init__(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+        super().__init__(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # type: ignore[no-untyped-call]
         self.sources = sources
         self.pull = pull
         self.done: Deferred[None] = Deferred()
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         if factory.isSecure:
             from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
 
-            trust: Any = platformTrust()
+            trust: Any = platformTrust()  # type: ignore[no-untyped-call]
             if args.ca:
                 with open(args.ca, "rb") as f:
                     trust = Certificate.loadPEM(f.read())

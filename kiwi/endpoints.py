@@ -91,10 +91,10 @@ def split_tls(description: str, tls: TLSSettings | None = None) -> tuple[str, TL
     if port is None:
         raise ValueError("an ssl: description needs a port")
     private_key = kwargs.get("privateKey", "server.pem")
-    stream = "tcp:" + quoteStringArgument(port)
+    stream = "tcp:" + quoteStringArgument(port)  # type: ignore[no-untyped-call]
     for name in ("interface", "backlog"):
         if name in kwargs:
-            stream += f":{name}=" + quoteStringArgument(kwargs[name])
+            stream += f":{name}=" + quoteStringArgument(kwargs[name])  # type: ignore[no-untyped-call]
     return stream, TLSSettings(
         cert=kwargs.get("certKey", private_key), key=private_key, chain=kwargs.get("extraCertChain")
     )
@@ -137,13 +137,13 @@ class ListenerService(Service):
         super().startService()
         try:
             stream, settings = split_tls(self.description, self._tls_settings)
-            endpoint = serverFromString(self._reactor, stream)
+            endpoint = serverFromString(self._reactor, stream)  # type: ignore[no-untyped-call]
             factory = self._site
             if settings is not None:
                 self.tls = ServerTLS(load_server_options(settings))
                 factory = TLSMemoryBIOFactory(self.tls, False, factory, clock=self._reactor)
         except Exception:
-            self._failed(Failure())
+            self._failed(Failure())  # type: ignore[no-untyped-call]
             return
         d = endpoint.listen(factory)
         d.addCallbacks(self._listening, self._failed)

@@ -22,10 +22,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from kiwi.logs import logger
 
@@ -81,7 +88,7 @@ class GuardedConnection(ProtocolWrapper):
 
     def makeConnection(self, transport: Any) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.handshake_timeout_s, self._too_slow)
-        super().makeConnection(transport)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]
 
     def mark_answered(self) -> None:
         """
@@ -95,27 +102,27 @@ class GuardedConnection(ProtocolWrapper):
     def write(self, data: bytes) -> None:
         if not self.answered:
             self.mark_answered()
-        super().write(data)
+        super().write(data)  # type: ignore[no-untyped-call]
 
     def writeSequence(self, data: Any) -> None:
         if not self.answered:
             self.mark_answered()
-        super().writeSequence(data)
+        super().writeSequence(data)  # type: ignore[no-untyped-call]
 
     def _too_slow(self) -> None:
         self._deadline = None
         self.factory.log.info(
             "dropped {peer}: no handshake within {timeout}s",
-            peer=str(self.getPeer()),
+            peer=str(self.getPeer()),  # type: ignore[no-untyped-call]
             timeout=self.factory.handshake_timeout_s,
         )
-        self.transport.abortConnection()
+        self.transport.abortConnection()  # type: ignore[union-attr]
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
 
 class _Refusal(Protocol):
@@ -159,17 +166,22 @@ class _Refusal(Protocol):
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Failure = Failure(Exception())) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._guard.refusing -= 1
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
 
 
+@implementer(IProtocolNegotiationFactory)
 class ConnectionGuard(WrappingFactory):
     """
     Wraps a protocol factory (the site) with connection limits and the
     handshake deadline.
+
+    Under TLS it passes on the site's ALPN protocols (C{http/1.1}): Twisted's
+    TLS layer asks the factory it wraps, and without an answer it fails the
+    handshake of every client that offers ALPN (every browser).
 
     @ivar count: Connections open now (refused ones excluded).
     @ivar per_host: Open connections per client address.
@@ -187,7 +199,7 @@ class ConnectionGuard(WrappingFactory):
         max_per_host: int | None,
         handshake_timeout_s: float,
     ) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self.clock = clock
         self.max_connections = max_connections
         self.max_per_host = max_per_host
@@ -196,8 +208,15 @@ class ConnectionGuard(WrappingFactory):
         self.per_host: dict[str, int] = {}
         self.refusing = 0
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
-        host = _host(addr)
+    def acceptableProtocols(self) -> list[bytes]:
+        """
+        The ALPN protocols of the wrapped factory (C{http/1.1} by default).
+        """
+        inner = IProtocolNegotiationFactory(self.wrappedFactory, None)
+        return list(inner.acceptableProtocols()) if inner is not None else [b"http/1.1"]
+
+    def buildProtocol(self, addr: IAddress | None) -> Protocol | None:  # type: ignore[override]
+        host = _host(addr) if addr is not None else None
         refusal: tuple[int, str, str] | None = None
         if self.count >= self.max_connections:
             refusal = (503, "Service Unavailable", "503 Service Unavailable: too many connections\n")
@@ -206,21 +225,21 @@ class ConnectionGuard(WrappingFactory):
             refusal = (429, "Too Many Requests", "429 Too Many Requests: too many connections from your address\n")
             what = f"server.max_connections_per_ip ({self.max_per_host}) reached"
         if refusal is None:
-            return super().buildProtocol(addr)  # type: ignore[no-any-return]
+            return super().buildProtocol(addr)
         if self.refusing >= REFUSAL_BACKLOG:
             return None
         self.log.warn("refused a connection from {peer}: {limit}", peer=host or str(addr), limit=what)
         return _Refusal(self, *refusal)
 
     def registerProtocol(self, p: GuardedConnection) -> None:
-        super().registerProtocol(p)
+        super().registerProtocol(p)  # type: ignore[no-untyped-call]
         self.count += 1
-        p.host = host = _host(p.getPeer())
+        p.host = host = _host(p.getPeer())  # type: ignore[no-untyped-call]
         if host is not None:
             self.per_host[host] = self.per_host.get(host, 0) + 1
 
     def unregisterProtocol(self, p: GuardedConnection) -> None:
-        super().unregisterProtocol(p)
+        super().unregisterProtocol(p)  # type: ignore[no-untyped-call]
         self.count -= 1
         host = p.host
         if host is not None:

@@ -77,7 +77,7 @@ class KiwiService(MultiService):
             IService(source).setServiceParent(sources)
         self.authenticator = build_authenticator(config.auth, reactor)
         if IService.providedBy(self.authenticator):
-            IService(self.authenticator).setServiceParent(self)
+            IService(self.authenticator).setServiceParent(self)  # type: ignore[no-untyped-call]
         self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator)
         site = build_site(self.factory, config.server.healthcheck)
         server = config.server

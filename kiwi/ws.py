@@ -33,7 +33,7 @@ from zope.interface import implementer
 
 from kiwi import protocol
 from kiwi.auth import OPEN, AuthError, IAuthenticator, Identity, OpenAccess
-from kiwi.auth.handshake import admit, refuse
+from kiwi.auth.handshake import Gate, refuse
 from kiwi.auth.origin import OriginPolicy
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
@@ -286,7 +286,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         self._send(protocol.authenticate_ok(identity.expires_at))
 
     def _reauthentication_refused(self, failure: Failure) -> None:
-        failure.trap(AuthError)
+        failure.trap(AuthError)  # type: ignore[no-untyped-call]
         reason = failure.value.reason  # type: ignore[union-attr]
         self._log.warn("{conn_id} AUTHENTICATE refused: {reason}", conn_id=self.conn_id, reason=reason)
         self._send(protocol.authenticate_error(reason))
@@ -394,7 +394,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         self.subscriber_config: SubscriberConfig = registry.subscriber_config
         self.server_config: ServerConfig = server_config or ServerConfig(listen="")
         self.authenticator: IAuthenticator = authenticator or OpenAccess()
-        self.origins = OriginPolicy(self.server_config.allowed_origins)
+        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), self.authenticator)
         self.connections: set[KiwiServerProtocol] = set()
         config = self.server_config
         options: dict[str, Any] = {
@@ -417,7 +417,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         """
         A new connection that was admitted with C{identity}.
         """
-        connection: KiwiServerProtocol = self.buildProtocol(addr)
+        connection: KiwiServerProtocol = self.buildProtocol(addr)  # type: ignore[assignment]
         connection.identity = identity
         connection.conn_id = conn_id
         return connection
@@ -448,8 +448,7 @@ class _WebSocketEntry(Resource):
         if upgrade.lower() == "websocket":
             conn_id = next_conn_id()
             peer = peer2str(request.transport) if request.transport is not None else "-"
-            factory = self._factory
-            d = Deferred.fromCoroutine(admit(request, factory.origins, factory.authenticator, conn_id, peer))
+            d = Deferred.fromCoroutine(self._factory.gate.admit(request, conn_id, peer))
             d.addCallback(self._upgrade, request, conn_id)
             d.addErrback(self._failed, request, conn_id)
             return NOT_DONE_YET
@@ -483,13 +482,13 @@ class _WebSocketEntry(Resource):
                 # which Autobahn wants to see as such).
                 transport.mark_answered()
                 transport = transport.transport
-            connection.makeConnection(transport)
+            connection.makeConnection(transport)  # type: ignore[no-untyped-call]
             if hasattr(transport, "resumeProducing"):
                 transport.resumeProducing()
             head = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
             for name, values in request.requestHeaders.getAllRawHeaders():
                 head += name + b": " + b",".join(values) + b"\r\n"
-            connection.dataReceived(head + b"\r\n" + request.content.read())
+            connection.dataReceived(head + b"\r\n" + request.content.read())  # type: ignore[union-attr]
         except Exception:
             self._log.failure("{conn_id} failed taking over the connection", conn_id=conn_id)
             transport.abortConnection()
@@ -531,8 +530,8 @@ class _QuietSite(Site):
         pass
 
     def getResourceFor(self, request: Request) -> IResource:
-        request.setHeader(b"server", b"Kiwi")
-        return super().getResourceFor(request)  # type: ignore[no-any-return]
+        request.setHeader(b"server", b"Kiwi")  # type: ignore[no-untyped-call]
+        return super().getResourceFor(request)  # type: ignore[no-any-return, no-untyped-call]
 
 
 def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, Any]:

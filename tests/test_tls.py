@@ -305,6 +305,28 @@ class LoadServerOptionsTests(TLSHandshakeMixin, SynchronousTestCase):
         )
         self.assertConnected(*self.handshake(ServerTLS(load_server_options(settings)), client))
 
+    def test_alpn_behindGuard(self) -> None:
+        """
+        A client that offers ALPN (as browsers do: h2 and http/1.1) gets
+        http/1.1 through the connection guard and the site.
+        """
+        from kiwi.limits import ConnectionGuard
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        guard = ConnectionGuard(Site(Resource()), Clock(), 10, None, 10.0)
+        server_factory = TLSMemoryBIOFactory(ServerTLS(load_server_options(self.settings)), False, guard, clock=Clock())
+        server = server_factory.buildProtocol(ADDRESS)
+        client_options = optionsForClientTLS(
+            "localhost", trustRoot=Certificate.loadPEM(self.files.ca.cert_pem), acceptableProtocols=[b"h2", b"http/1.1"]
+        )
+        client = TLSMemoryBIOFactory(client_options, True, Factory.forProtocol(_Recorder), clock=Clock()).buildProtocol(
+            ADDRESS
+        )
+        iosim.connect(server, iosim.FakeTransport(server, isServer=True), client, iosim.FakeTransport(client, isServer=False))
+        self.assertEqual(client.negotiatedProtocol, b"http/1.1")
+        self.assertEqual(server.negotiatedProtocol, b"http/1.1")
+
     def test_serverTls_update(self) -> None:
         """
         L{ServerTLS.update} serves a new certificate to new connections.

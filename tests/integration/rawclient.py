@@ -87,6 +87,8 @@ def exchange(
     try:
         if tls_ca is not None:
             context = ssl.create_default_context(cafile=tls_ca)
+            # As browsers do: offer HTTP/2 and HTTP/1.1 over ALPN.
+            context.set_alpn_protocols(["h2", "http/1.1"])
             sock = context.wrap_socket(sock, server_hostname="localhost")
         sock.sendall(request)
         data = b""

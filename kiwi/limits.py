@@ -50,6 +50,11 @@ def _host(address: IAddress) -> str | None:
     return host if isinstance(host, str) else None
 
 
+def _peer(address: IAddress) -> str:
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    return f"{host}:{port}" if host is not None else str(address)
+
+
 class TokenBucket:
     """
     Allows C{rate} events per second on average and C{burst} at once.
@@ -113,7 +118,7 @@ class GuardedConnection(ProtocolWrapper):
         self._deadline = None
         self.factory.log.info(
             "dropped {peer}: no handshake within {timeout}s",
-            peer=str(self.getPeer()),  # type: ignore[no-untyped-call]
+            peer=_peer(self.getPeer()),  # type: ignore[no-untyped-call]
             timeout=self.factory.handshake_timeout_s,
         )
         self.transport.abortConnection()  # type: ignore[union-attr]
@@ -228,7 +233,7 @@ class ConnectionGuard(WrappingFactory):
             return super().buildProtocol(addr)
         if self.refusing >= REFUSAL_BACKLOG:
             return None
-        self.log.warn("refused a connection from {peer}: {limit}", peer=host or str(addr), limit=what)
+        self.log.warn("refused a connection from {peer}: {limit}", peer=_peer(addr) if addr is not None else "?", limit=what)
         return _Refusal(self, *refusal)
 
     def registerProtocol(self, p: GuardedConnection) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.twisted.util import peer2str
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
@@ -106,10 +106,15 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         return self.identity.context
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        if self.conn_id == "-":
-            self.conn_id = next_conn_id()
-        self.peer_address = request.peer
-        self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
+        try:
+            if self.conn_id == "-":
+                self.conn_id = next_conn_id()
+            self.peer_address = request.peer
+            self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
+        except Exception:
+            self._log.failure("{conn_id} failed in the handshake", conn_id=self.conn_id)
+            # Autobahn would put the exception's text in the status line.
+            raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "internal error") from None
 
     def onOpen(self) -> None:
         try:

@@ -636,3 +636,33 @@ class FrameFuzzTests(SecurityTestMixin, SynchronousTestCase):
             self.assertIn(replies[0]["type"], ("ERROR", "COMMAND_RESPONSE"))
         self.assertEqual(server.state, server.STATE_OPEN)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+class OnConnectTests(SecurityTestMixin, SynchronousTestCase):
+    """
+    A failure inside the WebSocket handshake shows the client nothing of
+    it.
+    """
+
+    def test_onConnect_bug(self) -> None:
+        """
+        An exception in C{onConnect} denies the handshake with a bare 500
+        and is logged.
+        """
+        self.setUpSecurity()
+        server = self.factory.buildProtocol(CLIENT_ADDRESS)
+
+        def broken() -> str:
+            raise RuntimeError("secret detail")
+
+        import kiwi.ws
+
+        self.patch(kiwi.ws, "next_conn_id", broken)
+        transport = iosim.FakeTransport(server, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS)
+        server.makeConnection(transport)
+        server.dataReceived(handshake())
+        response = transport.getOutBuffer()
+        self.assertTrue(response.startswith(b"HTTP/1.1 500 internal error\r\n"), response)
+        self.assertNotIn(b"secret detail", response)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        server.connectionLost(Failure(ConnectionDone()))

@@ -3,6 +3,7 @@ A console subscriber for trying Kiwi out:
 
     python -m kiwi.cli ws://127.0.0.1:8000/ prices counter
     python -m kiwi.cli ws://127.0.0.1:8000/ prices --pull 10
+    KIWI_TOKEN=eyJ... python -m kiwi.cli wss://kiwi.example:8443/ prices --ca ca.pem
 
 It subscribes to each source and prints every message from the server as
 one JSON line, with Kafka payloads decoded for reading.
@@ -13,8 +14,10 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import task
@@ -61,8 +64,8 @@ class _Printer(WebSocketClientProtocol):
 class _PrinterFactory(WebSocketClientFactory):
     protocol = _Printer
 
-    def __init__(self, url: str, sources: list[str], pull: int | None) -> None:
-        super().__init__(url)
+    def __init__(self, url: str, sources: list[str], pull: int | None, token: str | None = None) -> None:
+        super().__init__(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # type: ignore[no-untyped-call]
         self.sources = sources
         self.pull = pull
         self.done: Deferred[None] = Deferred()
@@ -77,11 +80,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("url", help="for example ws://127.0.0.1:8000/")
     parser.add_argument("sources", nargs="+", help="source ids to subscribe to")
     parser.add_argument("--pull", type=int, metavar="N", help="subscribe in pull mode and request N events")
+    parser.add_argument(
+        "--token", default=os.environ.get("KIWI_TOKEN"), help="a JWT to send as bearer token (default: $KIWI_TOKEN)"
+    )
+    parser.add_argument("--ca", metavar="FILE", help="for wss://: trust this CA file instead of the system's")
     args = parser.parse_args(argv)
 
     def run(reactor: Any) -> Deferred[None]:
-        factory = _PrinterFactory(args.url, args.sources, args.pull)
-        connectWS(factory)
+        factory = _PrinterFactory(args.url, args.sources, args.pull, args.token)
+        tls = None
+        if factory.isSecure:
+            from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust
+
+            trust: Any = platformTrust()  # type: ignore[no-untyped-call]
+            if args.ca:
+                with open(args.ca, "rb") as f:
+                    trust = Certificate.loadPEM(f.read())
+            tls = optionsForClientTLS(urlsplit(args.url).hostname or "", trustRoot=trust)
+        connectWS(factory, contextFactory=tls)
         return factory.done
 
     task.react(run)

@@ -9,6 +9,7 @@ it (C{sources[2].topic: expected ...}), and happens before any port is bound.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
 
 from kiwi.errors import ConfigErrors
+from kiwi.tls import TLSSettings
 
 DEFAULT_CONFIG_PATH = "/etc/kiwi/config/kiwi.yml"
 
@@ -80,6 +82,23 @@ class ServerConfig:
         is considered gone and disconnected.
     @ivar shutdown_timeout_s: How long a graceful stop may take before
         what is left is dropped.
+    @ivar tls: TLS files when Kiwi serves TLS itself (C{listen} is then
+        the plain stream endpoint underneath).
+    @ivar max_message_size: The largest message (and frame) a client may
+        send, in bytes; a larger one closes the connection with 1009.
+    @ivar allowed_origins: The C{Origin}s whose browsers may connect
+        (patterns with C{*}); C{None}: only the origin matching the C{Host}
+        header. Clients that send no C{Origin} are not browsers and are not
+        affected.
+    @ivar max_connections: Connections open at once on the port (WebSocket,
+        HTTP and handshakes); more are refused with 503.
+    @ivar max_connections_per_ip: The same, per client address (C{None}:
+        no per-address limit); more are refused with 429.
+    @ivar max_commands_per_s: Commands a connection may send per second on
+        average; beyond that and the burst it is closed with 1008.
+    @ivar max_command_burst: Commands a connection may send at once.
+    @ivar handshake_timeout_s: Seconds a new connection has to complete its
+        TLS and WebSocket (or HTTP) handshake.
     """
 
     listen: str
@@ -88,6 +107,14 @@ class ServerConfig:
     ping_timeout_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     workers: int = 1
+    tls: TLSSettings | None = None
+    max_message_size: int = 64 * 1024
+    allowed_origins: tuple[str, ...] | None = None
+    max_connections: int = 10_000
+    max_connections_per_ip: int | None = None
+    max_commands_per_s: float = 100.0
+    max_command_burst: int = 200
+    handshake_timeout_s: float = 10.0
 
 
 @attrs.frozen
@@ -105,12 +132,63 @@ class SubscriberConfig:
         C{docs/flow-control.md}).
     @ivar slow_client_timeout_s: How long a connection may stay over that
         budget before it is closed with 1008.
+    @ivar max_subscriptions: How many sources one connection may subscribe
+        to at once.
     """
 
     buffer_capacity: int | None = None
     lag_notice_threshold: int | None = None
     max_pending_bytes: int = 1024 * 1024
     slow_client_timeout_s: float = 30.0
+    max_subscriptions: int = 1000
+
+
+@attrs.frozen
+class JWTConfig:
+    """
+    How JSON Web Tokens are checked (see C{docs/security.md}).
+
+    @ivar algorithms: The accepted C{alg} values; never C{none}.
+    @ivar public_key: PEM file with the issuer's public key (RS*, PS*,
+        ES*, EdDSA).
+    @ivar secret_env: Name of the environment variable holding the HS*
+        secret (the secret itself is never part of the configuration).
+    @ivar jwks_file: A JWKS document on disk.
+    @ivar jwks_url: An C{https://} URL of a JWKS document.
+    @ivar jwks_ca: PEM file with the authorities trusted for C{jwks_url}
+        (C{None}: the system's).
+    @ivar jwks_refresh_s: Seconds between refreshes of C{jwks_url}.
+    @ivar sources_claim: The claim listing the source-id patterns the
+        token may subscribe to.
+    @ivar required: Whether a connection needs a token at all.
+    """
+
+    algorithms: tuple[str, ...]
+    public_key: str | None = None
+    secret_env: str | None = None
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    jwks_ca: str | None = None
+    jwks_refresh_s: float = 300.0
+    issuer: str | None = None
+    audience: tuple[str, ...] = ()
+    leeway_s: float = 0.0
+    sources_claim: str = "kiwi_sources"
+    required: bool = True
+
+
+@attrs.frozen
+class AuthConfig:
+    """
+    Who may connect, and which sources they may read.
+
+    @ivar anonymous_sources: Source-id patterns open to connections without
+        a token (with C{jwt.required: false}), and to every token besides
+        its own.
+    """
+
+    jwt: JWTConfig | None = None
+    anonymous_sources: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -141,6 +219,8 @@ class LoggingConfig:
 class KiwiConfig:
     """
     A complete, validated configuration.
+
+    @ivar auth: C{None}: no authentication, every source open to everyone.
     """
 
     path: str
@@ -150,6 +230,7 @@ class KiwiConfig:
     subscriber: SubscriberConfig = SubscriberConfig()
     reload: ReloadConfig = ReloadConfig()
     logging: LoggingConfig = LoggingConfig()
+    auth: AuthConfig | None = None
 
 
 def load_config(path: str, reactor: IReactorCore) -> KiwiConfig:
@@ -168,10 +249,14 @@ def load_config(path: str, reactor: IReactorCore) -> KiwiConfig:
     return parse_config(text, path, reactor)
 
 
-def parse_config(text: bytes | str, path: str, reactor: IReactorCore) -> KiwiConfig:
+def parse_config(
+    text: bytes | str, path: str, reactor: IReactorCore, environ: Mapping[str, str] | None = None
+) -> KiwiConfig:
     """
     Parse and validate configuration text; C{path} names it in messages.
 
+    @param environ: The environment secrets are read from (C{os.environ}
+        by default).
     @raise ConfigErrors: with every problem found.
     """
     try:
@@ -181,7 +266,7 @@ def parse_config(text: bytes | str, path: str, reactor: IReactorCore) -> KiwiCon
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e)
         raise ConfigErrors(path, [f"not valid YAML{where}: {problem}"])
-    reader = _Reader()
+    reader = _Reader(os.environ if environ is None else environ)
     config = reader.kiwi(document, path, reactor)
     if reader.problems or config is None:
         raise ConfigErrors(path, reader.problems)
@@ -220,8 +305,9 @@ class _Reader:
     Walks the YAML document, collecting problems with their key paths.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, environ: Mapping[str, str]) -> None:
         self.problems: list[str] = []
+        self.environ = environ
 
     def problem(self, key_path: str, message: str) -> None:
         self.problems.append(f"{key_path}: {message}")
@@ -312,7 +398,7 @@ class _Reader:
         top = self.mapping(
             document,
             "(top level)",
-            allowed=("sources", "kafka", "server", "hooks", "subscriber", "reload", "logging"),
+            allowed=("sources", "kafka", "server", "hooks", "subscriber", "reload", "logging", "auth"),
             required=("sources", "server"),
         )
         if top is None:
@@ -329,6 +415,7 @@ class _Reader:
         )
         if top.get("hooks") is not None:
             self.hooks(top["hooks"])
+        auth = self.auth(top["auth"]) if top.get("auth") is not None else None
         reload = self.reload(top["reload"]) if top.get("reload") is not None else ReloadConfig()
         logging = self.logging(top["logging"]) if top.get("logging") is not None else LoggingConfig()
         if server is None:
@@ -341,6 +428,7 @@ class _Reader:
             subscriber=subscriber,
             reload=reload,
             logging=logging,
+            auth=auth,
         )
 
     def reload(self, value: object) -> ReloadConfig:
@@ -375,6 +463,13 @@ class _Reader:
                 "ping_timeout_s",
                 "shutdown_timeout_s",
                 "workers",
+                "max_message_size",
+                "allowed_origins",
+                "max_connections",
+                "max_connections_per_ip",
+                "max_commands_per_s",
+                "max_command_burst",
+                "handshake_timeout_s",
             ),
         )
         if section is None:
@@ -386,6 +481,7 @@ class _Reader:
         shutdown_timeout_s = self.number(
             section, "server", "shutdown_timeout_s", defaults.shutdown_timeout_s, 0.1
         )
+        limits = self.server_limits(section)
         address = self.string(section, "server", "address")
         listen = self.string(section, "server", "listen")
         if address is not None and listen is not None:
@@ -406,17 +502,31 @@ class _Reader:
             key_path = "server.address"
         else:
             key_path = "server.listen"
+        tls: TLSSettings | None = None
         if section.get("tls") is not None:
-            listen = self.tls(section["tls"], listen, key_path)
-            if listen is None:
+            tls = self.tls(section["tls"], listen, key_path)
+            if tls is None:
                 return None
+        from kiwi.endpoints import split_tls
+
+        try:
+            listen, tls = split_tls(listen, tls)
+        except ValueError as e:
+            self.problem(key_path, f"not a usable endpoint ({listen!r}): {e}")
+            return None
         try:
             serverFromString(reactor, listen)
         except Exception as e:
             self.problem(key_path, f"not a usable endpoint ({listen!r}): {e}")
             return None
-        return ServerConfig(
+        if tls is not None and not self.tls_files(tls, "server.tls" if section.get("tls") is not None else key_path):
+            return None
+        if limits is None:
+            return None
+        return attrs.evolve(
+            limits,
             listen=listen,
+            tls=tls,
             healthcheck=healthcheck,
             ping_interval_s=ping_interval_s,
             ping_timeout_s=ping_timeout_s,
@@ -442,27 +552,76 @@ class _Reader:
                 self.problem("server.workers", problem)
         return count
 
-    def tls(self, value: object, listen: str, key_path: str) -> str | None:
-        section = self.mapping(value, "server.tls", allowed=("cert", "key"), required=("cert", "key"))
+    def server_limits(self, section: Mapping[str, Any]) -> ServerConfig | None:
+        """
+        The hardening keys of C{server}, on a L{ServerConfig} whose other
+        fields are placeholders.
+        """
+        before = len(self.problems)
+        d = ServerConfig(listen="")
+        origins: tuple[str, ...] | None = None
+        raw_origins = section.get("allowed_origins")
+        if raw_origins is not None:
+            if not isinstance(raw_origins, list) or not all(isinstance(o, str) and o for o in raw_origins):
+                self.problem(
+                    "server.allowed_origins",
+                    f"expected a list of origins such as https://app.example.com, got {_describe(raw_origins)}",
+                )
+            else:
+                from kiwi.auth.origin import check_pattern
+
+                for index, origin in enumerate(raw_origins):
+                    complaint = check_pattern(origin)
+                    if complaint is not None:
+                        self.problem(f"server.allowed_origins[{index}]", complaint)
+                origins = tuple(raw_origins)
+        result = ServerConfig(
+            listen="",
+            max_message_size=self.integer(section, "server", "max_message_size", d.max_message_size, 256),
+            allowed_origins=origins,
+            max_connections=self.integer(section, "server", "max_connections", d.max_connections, 1),
+            max_connections_per_ip=self.optional_integer(section, "server", "max_connections_per_ip", 1),
+            max_commands_per_s=self.number(section, "server", "max_commands_per_s", d.max_commands_per_s, 0.01),
+            max_command_burst=self.integer(section, "server", "max_command_burst", d.max_command_burst, 1),
+            handshake_timeout_s=self.number(
+                section, "server", "handshake_timeout_s", d.handshake_timeout_s, 0.1
+            ),
+        )
+        return result if len(self.problems) == before else None
+
+    def tls(self, value: object, listen: str, key_path: str) -> TLSSettings | None:
+        section = self.mapping(
+            value, "server.tls", allowed=("cert", "key", "chain", "client_ca"), required=("cert", "key")
+        )
         if section is None:
             return None
         cert = self.string(section, "server.tls", "cert")
         key = self.string(section, "server.tls", "key")
+        chain = self.string(section, "server.tls", "chain")
+        client_ca = self.string(section, "server.tls", "client_ca")
         if cert is None or key is None:
+            return None
+        if listen.lower().startswith("ssl:"):
+            self.problem("server.tls", f"give either server.tls or an ssl: description in {key_path}, not both")
             return None
         if not listen.startswith("tcp:"):
             self.problem("server.tls", f"can only be combined with a tcp endpoint in {key_path}")
             return None
-        from twisted.internet.endpoints import quoteStringArgument
+        return TLSSettings(cert=cert, key=key, chain=chain, client_ca=client_ca)
 
-        return (
-            "ssl:"
-            + listen[len("tcp:") :]
-            + ":privateKey="
-            + quoteStringArgument(key)
-            + ":certKey="
-            + quoteStringArgument(cert)
-        )
+    def tls_files(self, tls: TLSSettings, key_path: str) -> bool:
+        """
+        Check that the TLS files exist, match and are in date.
+        """
+        from kiwi.tls import TLSFileError, load_server_options
+
+        try:
+            load_server_options(tls)
+        except TLSFileError as e:
+            where = f"{key_path}.{e.setting}" if key_path == "server.tls" else key_path
+            self.problem(where, e.message)
+            return False
+        return True
 
     def sources(self, value: object, key_path: str) -> tuple[SourceConfig, ...]:
         if not isinstance(value, list):
@@ -594,7 +753,13 @@ class _Reader:
         section = self.mapping(
             value,
             "subscriber",
-            allowed=("buffer_capacity", "lag_notice_threshold", "max_pending_bytes", "slow_client_timeout_s"),
+            allowed=(
+                "buffer_capacity",
+                "lag_notice_threshold",
+                "max_pending_bytes",
+                "slow_client_timeout_s",
+                "max_subscriptions",
+            ),
         )
         if section is None:
             return SubscriberConfig()
@@ -608,7 +773,106 @@ class _Reader:
             slow_client_timeout_s=self.number(
                 section, "subscriber", "slow_client_timeout_s", defaults.slow_client_timeout_s, 0.1
             ),
+            max_subscriptions=self.integer(
+                section, "subscriber", "max_subscriptions", defaults.max_subscriptions, 1
+            ),
         )
+
+    def patterns(self, section: Mapping[str, Any], key_path: str, key: str) -> tuple[str, ...]:
+        value = section.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(p, str) and p for p in value):
+            self.problem(
+                _join(key_path, key),
+                f"expected a list of source-id patterns such as [\"prices\", \"public.*\"], got {_describe(value)}",
+            )
+            return ()
+        return tuple(value)
+
+    def auth(self, value: object) -> AuthConfig | None:
+        section = self.mapping(value, "auth", allowed=("jwt", "anonymous_sources"))
+        if section is None:
+            return None
+        anonymous = self.patterns(section, "auth", "anonymous_sources")
+        jwt = self.jwt(section["jwt"]) if section.get("jwt") is not None else None
+        if jwt is None and "jwt" not in section:
+            self.problem(
+                "auth.jwt",
+                "required key is missing (without it every source is open to everyone; remove auth instead)",
+            )
+            return None
+        if anonymous and jwt is not None and jwt.required:
+            self.problem(
+                "auth.anonymous_sources",
+                "only used with auth.jwt.required: false (connections without a token are refused otherwise)",
+            )
+        if jwt is None:
+            return None
+        return AuthConfig(jwt=jwt, anonymous_sources=anonymous)
+
+    def jwt(self, value: object) -> JWTConfig | None:
+        key_path = "auth.jwt"
+        section = self.mapping(
+            value,
+            key_path,
+            allowed=(
+                "algorithms",
+                "public_key",
+                "secret_env",
+                "jwks_file",
+                "jwks_url",
+                "jwks_ca",
+                "jwks_refresh_s",
+                "issuer",
+                "audience",
+                "leeway_s",
+                "sources_claim",
+                "required",
+            ),
+            required=("algorithms",),
+        )
+        if section is None:
+            return None
+        before = len(self.problems)
+        algorithms = section.get("algorithms")
+        if "algorithms" in section and (
+            not isinstance(algorithms, list) or not algorithms or not all(isinstance(a, str) for a in algorithms)
+        ):
+            self.problem(f"{key_path}.algorithms", f"expected a list such as [RS256], got {_describe(algorithms)}")
+            algorithms = None
+        audience = section.get("audience")
+        audiences: tuple[str, ...] = ()
+        if isinstance(audience, str) and audience:
+            audiences = (audience,)
+        elif isinstance(audience, list) and audience and all(isinstance(a, str) and a for a in audience):
+            audiences = tuple(audience)
+        elif audience is not None:
+            self.problem(f"{key_path}.audience", f"expected a string or a list of strings, got {_describe(audience)}")
+        defaults = JWTConfig(algorithms=())
+        config = JWTConfig(
+            algorithms=tuple(algorithms or ()),
+            public_key=self.string(section, key_path, "public_key"),
+            secret_env=self.string(section, key_path, "secret_env"),
+            jwks_file=self.string(section, key_path, "jwks_file"),
+            jwks_url=self.string(section, key_path, "jwks_url"),
+            jwks_ca=self.string(section, key_path, "jwks_ca"),
+            jwks_refresh_s=self.number(section, key_path, "jwks_refresh_s", defaults.jwks_refresh_s, 1),
+            issuer=self.string(section, key_path, "issuer"),
+            audience=audiences,
+            leeway_s=self.number(section, key_path, "leeway_s", defaults.leeway_s, 0),
+            sources_claim=self.string(section, key_path, "sources_claim", defaults.sources_claim),
+            required=self.boolean(section, key_path, "required", True),
+        )
+        if len(self.problems) != before or algorithms is None:
+            return None
+        from kiwi.auth.jwt import check_config
+
+        for key, message in check_config(config, self.environ):
+            self.problem(_join(key_path, key) if key else key_path, message)
+        if len(self.problems) != before:
+            return None
+        return config
 
     def hooks(self, value: object) -> None:
         section = self.mapping(value, "hooks", allowed=("authenticate", "intercept"))
@@ -676,7 +940,9 @@ def restart_required(old: KiwiConfig, new: KiwiConfig) -> list[str]:
     """
     keys = []
     if old.server.listen != new.server.listen:
-        keys.append("server.address/server.listen/server.tls (the listening endpoint)")
+        keys.append("server.address/server.listen (the listening endpoint)")
+    if (old.server.tls is None) != (new.server.tls is None):
+        keys.append("server.tls (turning TLS on or off)")
     if old.reload != new.reload:
         keys.append("reload")
     if old.logging != new.logging:
@@ -692,7 +958,12 @@ def keep_restart_only(old: KiwiConfig, new: KiwiConfig) -> KiwiConfig:
     """
     return attrs.evolve(
         new,
-        server=attrs.evolve(new.server, listen=old.server.listen, workers=old.server.workers),
+        server=attrs.evolve(
+            new.server,
+            listen=old.server.listen,
+            workers=old.server.workers,
+            tls=new.server.tls if (old.server.tls is None) == (new.server.tls is None) else old.server.tls,
+        ),
         reload=old.reload,
         logging=old.logging,
     )

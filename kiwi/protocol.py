@@ -1,7 +1,8 @@
 """
 Kiwi's wire format: JSON text frames, compatible with the original Kiwi.
 
-Commands arrive as C{{"type": "SUBSCRIBE" | "UNSUBSCRIBE" | "REQUEST", ...}};
+Commands arrive as C{{"type": "SUBSCRIBE" | "UNSUBSCRIBE" | "REQUEST", ...}}
+(and our extension C{{"type": "AUTHENTICATE", "token": ...}});
 replies are wrapped in C{COMMAND_RESPONSE}, events in C{RESULT}, and
 asynchronous information in C{NOTICE}. See C{docs/protocol.md}.
 
@@ -57,7 +58,21 @@ class Request:
     n: int
 
 
-Command = Subscribe | Unsubscribe | Request
+@attrs.frozen
+class Authenticate:
+    """
+    Our extension: replace the connection's token (before it expires).
+    """
+
+    token: str = attrs.field(repr=False)
+
+
+Command = Subscribe | Unsubscribe | Request | Authenticate
+
+MAX_TOKEN_LENGTH = 16 * 1024
+"""
+The longest token an C{AUTHENTICATE} may carry.
+"""
 
 _ERROR_TYPES = {"SUBSCRIBE": "SUBSCRIBE_ERROR", "UNSUBSCRIBE": "UNSUBSCRIBE_ERROR", "REQUEST": "REQUEST_ERROR"}
 
@@ -80,6 +95,8 @@ class ProtocolError(Exception):
         """
         The frame payload that tells the client what was wrong.
         """
+        if self.command_type == "AUTHENTICATE":
+            return authenticate_error(self.message)
         if self.command_type in _ERROR_TYPES and self.source_id is not None:
             return command_error(self.command_type, self.source_id, self.message)
         return error_frame(self.message)
@@ -105,6 +122,8 @@ def parse_command(text: str) -> Command:
     if not isinstance(document, dict):
         raise ProtocolError("command must be a JSON object with a type field")
     command_type = document.get("type")
+    if command_type == "AUTHENTICATE":
+        return _parse_authenticate(document)
     if command_type is None:
         raise ProtocolError("command has no type field (expected SUBSCRIBE, UNSUBSCRIBE or REQUEST)")
     if not isinstance(command_type, str) or command_type not in _ERROR_TYPES:
@@ -126,6 +145,17 @@ def parse_command(text: str) -> Command:
     if command_type == "UNSUBSCRIBE":
         return Unsubscribe(source_id)
     return Request(source_id, _parse_n(document, source_id))
+
+
+def _parse_authenticate(document: dict[str, object]) -> Authenticate:
+    token = document.get("token")
+    if "token" not in document:
+        raise ProtocolError("AUTHENTICATE command has no token field", "AUTHENTICATE")
+    if not isinstance(token, str) or not token:
+        raise ProtocolError("AUTHENTICATE command's token must be a non-empty string", "AUTHENTICATE")
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise ProtocolError("token too large", "AUTHENTICATE")
+    return Authenticate(token)
 
 
 def _parse_n(document: dict[str, object], source_id: str) -> int:
@@ -204,6 +234,22 @@ def command_error(command_type: str, source_id: str, error: str) -> bytes:
     The C{*_ERROR} reply to a command of C{command_type}.
     """
     return _response({"type": _ERROR_TYPES[command_type], "sourceId": source_id, "error": error})
+
+
+def authenticate_ok(expires_at: float | None) -> bytes:
+    """
+    Our extension: the reply to a successful C{AUTHENTICATE}; C{expiresAt}
+    is when the new token expires (POSIX seconds), or C{null}.
+    """
+    expiry = None if expires_at is None else int(expires_at)
+    return _response({"type": "AUTHENTICATE_OK", "expiresAt": expiry})
+
+
+def authenticate_error(error: str) -> bytes:
+    """
+    Our extension: the reply to a refused C{AUTHENTICATE}.
+    """
+    return _response({"type": "AUTHENTICATE_ERROR", "error": error})
 
 
 def error_frame(error: str) -> bytes:

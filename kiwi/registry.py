@@ -131,8 +131,9 @@ class Registry:
         """
         Subscribe C{subscriber} to a source.
 
-        @raise ClientError: if the source does not exist, has ended, or the
-            subscriber is already subscribed to it.
+        @raise ClientError: if the source does not exist, has ended, the
+            subscriber is already subscribed to it, or has as many
+            subscriptions as C{max_subscriptions} allows.
         """
         source = self._sources.get(source_id)
         if source is None:
@@ -142,6 +143,9 @@ class Registry:
         mine = self._by_subscriber.setdefault(subscriber, {})
         if source_id in mine:
             raise ClientError("already subscribed to this source")
+        limit = self.subscriber_config.max_subscriptions
+        if len(mine) >= limit:
+            raise ClientError(f"too many subscriptions (at most {limit} per connection)")
         pull = None
         if mode == "pull":
             config = self.subscriber_config
@@ -175,6 +179,22 @@ class Registry:
         if subscription.pull is None:
             raise ClientError("subscription is in push mode; REQUEST applies to pull mode only")
         return subscription.pull.request(n, subscriber.send_frame)
+
+    def subscriptions_of(self, subscriber: ISubscriber) -> list[str]:
+        """
+        The source ids C{subscriber} is subscribed to.
+        """
+        return list(self._by_subscriber.get(subscriber, {}))
+
+    def end_subscription(self, subscriber: ISubscriber, source_id: str, message: str) -> None:
+        """
+        End one subscription from the server side, telling the subscriber
+        with a C{SUBSCRIPTION_CLOSED} notice.
+        """
+        if self._by_subscriber.get(subscriber, {}).pop(source_id, None) is None:
+            return
+        self._by_source.get(source_id, {}).pop(subscriber, None)
+        subscriber.send_frame(Frame(protocol.subscription_closed(source_id, message)))
 
     def disconnect(self, subscriber: ISubscriber) -> None:
         """

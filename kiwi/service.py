@@ -2,8 +2,8 @@
 Kiwi's root service: builds the service tree from a configuration and
 applies new configurations to it at run time.
 
-Children, in start order: C{sources} (one child per source), then the
-C{listener}. Twisted stops children in reverse order, so clients are told
+Children, in start order: C{sources} (one child per source), C{auth} (when
+JWT authentication is configured), then the C{listener}. Twisted stops children in reverse order, so clients are told
 to go away before the sources stop.
 
 Start-up and reload share one path: L{KiwiService.apply} compares the
@@ -24,7 +24,9 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from kiwi.auth import IAuthenticator, OpenAccess
 from kiwi.config import (
+    AuthConfig,
     CounterSourceConfig,
     KiwiConfig,
     SourceConfig,
@@ -35,6 +37,7 @@ from kiwi.config import (
 from kiwi.endpoints import ListenerService
 from kiwi.logs import logger
 from kiwi.metrics import Metrics, MetricsResource, Stats
+from kiwi.limits import ConnectionGuard
 from kiwi.registry import Registry
 from kiwi.sources import IEventSink, ISource
 from kiwi.status import JsonResource, readiness
@@ -59,6 +62,19 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
     # its outbox budget.
     turn_bytes = max(4096, kiwi.subscriber.max_pending_bytes // 4)
     return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
+
+
+def build_authenticator(config: AuthConfig | None, reactor: Any) -> IAuthenticator:
+    """
+    The authenticator for an C{auth} section (none: open access).
+    """
+    if config is None or config.jwt is None:
+        return OpenAccess()
+    import os
+
+    from kiwi.auth.jwt import JWTAuthenticator
+
+    return JWTAuthenticator(config.jwt, config.anonymous_sources, reactor, os.environ)
 
 
 @attrs.frozen
@@ -113,9 +129,12 @@ class KiwiService(MultiService):
         self._sources.setServiceParent(self)
         self.last_reload: ReloadOutcome | None = None
         self._add_sources(config.sources, config)
-        self.factory = KiwiServerFactory(self.registry, reactor, config.server)
+        self.authenticator = build_authenticator(config.auth, reactor)
+        if IService.providedBy(self.authenticator):
+            IService(self.authenticator).setServiceParent(self)
+        self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator)
         self.metrics = Metrics(self.stats, self._live_metrics)
-        site = build_site(self.factory, healthcheck=False)
+        site = self.site = build_site(self.factory, healthcheck=False)
         root = site.resource
         health: Resource = JsonResource(self._health)
         metrics: Resource = MetricsResource(self.metrics)
@@ -132,8 +151,12 @@ class KiwiService(MultiService):
         root.putChild(b"health", health)
         root.putChild(b"ready", JsonResource(self._ready))
         root.putChild(b"metrics", metrics)
+        server = config.server
+        guard = ConnectionGuard(
+            site, reactor, server.max_connections, server.max_connections_per_ip, server.handshake_timeout_s
+        )
         self.listener = ListenerService(
-            reactor, config.server.listen, site, self.factory, config.server.shutdown_timeout_s, endpoint
+            reactor, server.listen, guard, self.factory, server.tls, server.shutdown_timeout_s, endpoint
         )
         # The listener goes last, so that it stops first.
         self.listener.setServiceParent(self)
@@ -170,6 +193,18 @@ class KiwiService(MultiService):
             await self._remove_source(source_id, REMOVED)
         for source in changes.changed:
             await self._remove_source(source.id, CHANGED)
+        problems = [f"{key}: changed, but needs a restart; keeping the old value" for key in needs_restart]
+        if new.auth != old.auth:
+            self._replace_authenticator(new)
+        if new.server.tls != old.server.tls and new.server.tls is not None and self.listener.tls is not None:
+            from kiwi.tls import load_server_options
+
+            try:
+                self.listener.tls.update(load_server_options(new.server.tls))
+                self.log.info("TLS certificate and key replaced for new connections")
+            except Exception as e:
+                problems.append(f"server.tls: cannot load ({e}); keeping the old certificate")
+                new = attrs.evolve(new, server=attrs.evolve(new.server, tls=old.server.tls))
         self.config = new
         self.registry.subscriber_config = new.subscriber
         self.factory.apply_config(new.server, new.subscriber)
@@ -182,10 +217,23 @@ class KiwiService(MultiService):
             changed=len(changes.changed),
             unchanged=len(changes.unchanged),
         )
-        if needs_restart:
-            problems = tuple(f"{key}: changed, but needs a restart; keeping the old value" for key in needs_restart)
-            return ReloadOutcome("partially_applied", problems)
+        if problems:
+            return ReloadOutcome("partially_applied", tuple(problems))
         return ReloadOutcome("applied")
+
+    def _replace_authenticator(self, new: KiwiConfig) -> None:
+        """
+        Use the new C{auth} settings (keys, JWKS, rules) for handshakes and
+        C{AUTHENTICATE} from now on; open connections keep their identity.
+        """
+        old = self.authenticator
+        self.authenticator = build_authenticator(new.auth, self._reactor)
+        if IService.providedBy(old):
+            IService(old).disownServiceParent()
+        if IService.providedBy(self.authenticator):
+            IService(self.authenticator).setServiceParent(self)
+        self.factory.replace_authenticator(self.authenticator)
+        self.log.info("authentication settings replaced")
 
     def record_reload(self, outcome: ReloadOutcome) -> None:
         """

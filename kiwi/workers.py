@@ -102,7 +102,7 @@ def bind_shared_socket(reactor: Any, description: str) -> socket.socket:
 class AdoptedEndpoint:
     """
     A worker's side of the shared socket: adopts an inherited listening
-    file descriptor, with TLS when the description is an C{ssl:} one.
+    file descriptor. TLS, if any, is added by the listener on top.
     """
 
     def __init__(self, reactor: Any, description: str, fd: int) -> None:
@@ -111,12 +111,7 @@ class AdoptedEndpoint:
         self._fd = fd
 
     def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
-        family, _, _, _, tls = _endpoint_address(self._reactor, self._description)
-        if tls:
-            from twisted.protocols.tls import TLSMemoryBIOFactory
-
-            endpoint = serverFromString(self._reactor, self._description)
-            factory = TLSMemoryBIOFactory(endpoint._sslContextFactory, False, factory)
+        family = _endpoint_address(self._reactor, self._description)[0]
         port = self._reactor.adoptStreamPort(self._fd, family, factory)
         # The port holds its own duplicate of the descriptor.
         os.close(self._fd)

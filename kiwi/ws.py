@@ -4,30 +4,43 @@ The WebSocket and HTTP face of Kiwi.
 One L{KiwiServerProtocol} per client turns commands into registry calls and
 registry frames into WebSocket messages. L{build_site} puts the WebSocket
 endpoint at C{/} and C{GET /health} beside it, on one port.
+
+A WebSocket upgrade passes the gate of L{kiwi.auth.handshake} (origin,
+token) before Autobahn sees it; the connection then carries the
+L{Identity} it was admitted with (its token's claims and the sources it may
+read), which an C{AUTHENTICATE} command can replace.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.twisted.util import peer2str
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.task import deferLater
-from kiwi.logs import logger
-from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from kiwi import protocol
+from kiwi.auth import OPEN, AuthError, IAuthenticator, Identity, OpenAccess
+from kiwi.auth.handshake import Gate, refuse
+from kiwi.auth.origin import OriginPolicy
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
 from kiwi.flow import Outbox
-from kiwi.protocol import ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
+from kiwi.limits import GuardedConnection, TokenBucket
+from kiwi.logs import logger
+from kiwi.protocol import Authenticate, ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
 from kiwi.registry import Frame, ISubscriber, Registry
 
 CLOSE_GOING_AWAY = 1001
@@ -39,7 +52,20 @@ FRAME_OVERHEAD = 10
 Bytes a WebSocket frame header adds to a payload (at most), for budgets.
 """
 
+MAX_HELD_FRAMES = 1000
+"""
+Frames a connection may send while its C{AUTHENTICATE} is being checked
+(they are handled, in order, once it has been).
+"""
+
 _conn_ids = itertools.count(1)
+
+
+def next_conn_id() -> str:
+    """
+    A new connection id for logs (C{c1}, C{c2}, ...).
+    """
+    return f"c{next(_conn_ids)}"
 
 
 @implementer(ISubscriber, IPushProducer)
@@ -57,6 +83,9 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     Autobahn owns C{log}, so our logger is C{_log}. Every entry point that
     Autobahn calls catches everything: Autobahn mishandles what escapes.
+
+    @ivar identity: What the connection may do: its token's claims, the
+        sources it may subscribe to, when the token expires.
     """
 
     _log = logger()
@@ -64,19 +93,40 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     conn_id = "-"
     peer_address = "-"
+    identity: Identity = OPEN
     _outbox: Outbox[Frame] | None = None
     _slow_timer: IDelayedCall | None = None
+    _expiry: IDelayedCall | None = None
+    _commands: TokenBucket | None = None
+    _held: deque[tuple[bytes, bool]] | None = None
+
+    @property
+    def auth_context(self) -> bytes | None:
+        """
+        The token's claims as compact JSON, for plugins that get no context
+        from an authenticate plugin; C{None} without a token.
+        """
+        return self.identity.context
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        self.conn_id = f"c{next(_conn_ids)}"
-        self.peer_address = request.peer
-        self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
+        try:
+            if self.conn_id == "-":
+                self.conn_id = next_conn_id()
+            self.peer_address = request.peer
+            self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
+        except Exception:
+            self._log.failure("{conn_id} failed in the handshake", conn_id=self.conn_id)
+            # Autobahn would put the exception's text in the status line.
+            raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "internal error") from None
 
     def onOpen(self) -> None:
         try:
             self._log.info("{conn_id} connected from {peer}", conn_id=self.conn_id, peer=self.peer_address)
             self.factory.connections.add(self)
             self._outbox = Outbox(self.factory.subscriber_config.max_pending_bytes, self._write_frame)
+            config = self.factory.server_config
+            self._commands = TokenBucket(config.max_commands_per_s, config.max_command_burst, self.factory.clock)
+            self._schedule_expiry()
             self._become_producer()
         except Exception:
             self._log.failure("{conn_id} failed opening", conn_id=self.conn_id)
@@ -119,6 +169,23 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         try:
+            if self._commands is not None and not self._commands.take():
+                self._log.warn(
+                    "{conn_id} closed: more than {rate} commands per second",
+                    conn_id=self.conn_id,
+                    rate=self.factory.server_config.max_commands_per_s,
+                )
+                self._commands = None
+                self.close_with(CLOSE_POLICY_VIOLATION, "command rate limit exceeded")
+                return
+            if self.state != self.STATE_OPEN:
+                return
+            if self._held is not None:
+                if len(self._held) >= MAX_HELD_FRAMES:
+                    self.close_with(CLOSE_POLICY_VIOLATION, "too many commands while authenticating")
+                    return
+                self._held.append((payload, isBinary))
+                return
             self._handle(payload, isBinary)
         except Exception:
             self._log.failure("{conn_id} failed handling a message", conn_id=self.conn_id)
@@ -127,6 +194,10 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         try:
             self._stop_slow_timer()
+            if self._expiry is not None and self._expiry.active():
+                self._expiry.cancel()
+            self._expiry = None
+            self._held = None
             self._outbox = None
             self.factory.connections.discard(self)
             self.factory.registry.disconnect(self)
@@ -147,9 +218,14 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             self._log.debug("{conn_id} sent a bad frame: {error}", conn_id=self.conn_id, error=e.message)
             self._reply(e.reply())
             return
+        if isinstance(command, Authenticate):
+            self._authenticate(command.token)
+            return
         registry = self.factory.registry
         try:
             if isinstance(command, Subscribe):
+                if not self.identity.allows(command.source_id):
+                    raise ClientError("not authorized to subscribe to this source")
                 registry.subscribe(self, command.source_id, command.mode)
                 reply = protocol.subscribe_ok(command.source_id)
             elif isinstance(command, Unsubscribe):
@@ -172,6 +248,76 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             )
             reply = protocol.command_error(command_type, command.source_id, str(e))
         self._reply(reply)
+
+    # Tokens
+
+    def _schedule_expiry(self) -> None:
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
+        expires_at = self.identity.expires_at
+        if expires_at is not None:
+            clock = self.factory.clock
+            self._expiry = clock.callLater(max(0.0, expires_at - clock.seconds()), self._token_expired)
+
+    def _token_expired(self) -> None:
+        self._expiry = None
+        self._log.info("{conn_id} closed: token expired", conn_id=self.conn_id)
+        self.close_with(CLOSE_POLICY_VIOLATION, "token expired")
+
+    def _authenticate(self, token: str) -> None:
+        """
+        Check a new token; meanwhile hold later frames, to keep replies in
+        order.
+        """
+        authenticator = self.factory.authenticator
+        if not authenticator.enabled:
+            self._reply(protocol.authenticate_error("authentication is not configured"))
+            return
+        self._held = deque()
+        d = authenticator.authenticate(token)
+        d.addCallbacks(self._reauthenticated, self._reauthentication_refused)
+        d.addErrback(self._reauthentication_failed)
+        d.addBoth(self._release_held)
+
+    def _reauthenticated(self, identity: Identity) -> None:
+        if self.state != self.STATE_OPEN:
+            return
+        self.identity = identity
+        registry = self.factory.registry
+        for source_id in registry.subscriptions_of(self):
+            if not identity.allows(source_id):
+                registry.end_subscription(self, source_id, "not authorized by the new token")
+        self._schedule_expiry()
+        self._log.info("{conn_id} authenticated again", conn_id=self.conn_id)
+        self._reply(protocol.authenticate_ok(identity.expires_at))
+
+    def _reauthentication_refused(self, failure: Failure) -> None:
+        failure.trap(AuthError)  # type: ignore[no-untyped-call]
+        reason = failure.value.reason  # type: ignore[union-attr]
+        self._log.warn("{conn_id} AUTHENTICATE refused: {reason}", conn_id=self.conn_id, reason=reason)
+        self._reply(protocol.authenticate_error(reason))
+
+    def _reauthentication_failed(self, failure: Failure) -> None:
+        self._log.failure("{conn_id} failed checking a token", failure, conn_id=self.conn_id)
+        self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
+
+    def _release_held(self, _: object) -> None:
+        waiting, self._held = self._held or deque(), None
+        while waiting:
+            if self._held is not None:
+                # Another AUTHENTICATE is being checked: keep holding.
+                self._held.extendleft(reversed(waiting))
+                return
+            payload, is_binary = waiting.popleft()
+            if self.state != self.STATE_OPEN:
+                return
+            try:
+                self._handle(payload, is_binary)
+            except Exception:
+                self._log.failure("{conn_id} failed handling a message", conn_id=self.conn_id)
+                self.close_with(CLOSE_INTERNAL_ERROR, "internal error")
+                return
 
     @property
     def pending_bytes(self) -> int:
@@ -270,6 +416,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         registry: Registry,
         clock: IReactorTime | None = None,
         server_config: ServerConfig | None = None,
+        authenticator: IAuthenticator | None = None,
     ) -> None:
         # No url: Autobahn then checks no Host header port, which behind
         # proxies and with port 0 in tests would be wrong anyway.
@@ -280,15 +427,38 @@ class KiwiServerFactory(WebSocketServerFactory):
 
             clock = reactor  # type: ignore[assignment]
         self.clock: IReactorTime = clock
+        self.server_config: ServerConfig = server_config or ServerConfig(listen="")
+        self.authenticator: IAuthenticator = authenticator or OpenAccess()
+        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), self.authenticator)
         self.connections: set[KiwiServerProtocol] = set()
         self.setProtocolOptions(webStatus=False)
         self.apply_config(server_config, registry.subscriber_config)
+
+    def replace_authenticator(self, authenticator: IAuthenticator) -> None:
+        """
+        Authenticate handshakes made from now on with C{authenticator}.
+        """
+        self.authenticator = authenticator
+        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), authenticator)
 
     def apply_config(self, server: ServerConfig | None, subscriber: SubscriberConfig) -> None:
         """
         Use these settings for connections opened from now on.
         """
         self.subscriber_config = subscriber
+        if server is not None:
+            self.server_config = server
+            self.gate = Gate(OriginPolicy(server.allowed_origins), self.authenticator)
+        config = self.server_config
+        self.setProtocolOptions(
+            # Larger messages and frames close the connection with 1009.
+            maxMessagePayloadSize=config.max_message_size,
+            maxFramePayloadSize=config.max_message_size,
+            # Protocol violations get a close frame with the code that says
+            # why (1009, 1007, 1002) instead of a dropped connection.
+            failByDrop=False,
+            openHandshakeTimeout=config.handshake_timeout_s,
+        )
         if server is not None and server.ping_interval_s > 0:
             # Pings find half-open connections; the timeout drops them.
             self.setProtocolOptions(
@@ -296,6 +466,15 @@ class KiwiServerFactory(WebSocketServerFactory):
             )
         else:
             self.setProtocolOptions(autoPingInterval=0)
+
+    def admit(self, addr: Any, identity: Identity, conn_id: str) -> KiwiServerProtocol:
+        """
+        A new connection that was admitted with C{identity}.
+        """
+        connection: KiwiServerProtocol = self.buildProtocol(addr)  # type: ignore[assignment]
+        connection.identity = identity
+        connection.conn_id = conn_id
+        return connection
 
     def close_all(self, code: int, reason: str) -> None:
         """
@@ -307,23 +486,72 @@ class KiwiServerFactory(WebSocketServerFactory):
 
 class _WebSocketEntry(Resource):
     """
-    C{/}: WebSocket upgrades go to Autobahn; anything else gets C{426}.
+    C{/}: WebSocket upgrades pass the origin and token checks and go to
+    Autobahn; anything else gets C{426}.
     """
 
     isLeaf = True
+    _log = logger()
 
     def __init__(self, factory: KiwiServerFactory) -> None:
         super().__init__()
-        self._websocket = WebSocketResource(factory)
+        self._factory = factory
 
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade") or ""
         if upgrade.lower() == "websocket":
-            return self._websocket.render(request)
+            conn_id = next_conn_id()
+            peer = peer2str(request.transport) if request.transport is not None else "-"
+            d = Deferred.fromCoroutine(self._factory.gate.admit(request, conn_id, peer))
+            d.addCallback(self._upgrade, request, conn_id)
+            d.addErrback(self._failed, request, conn_id)
+            return NOT_DONE_YET
         request.setResponseCode(426, b"Upgrade Required")
         request.setHeader(b"upgrade", b"websocket")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"This is a Kiwi WebSocket endpoint: connect with a WebSocket client.\n"
+
+    def _upgrade(self, identity: Identity | None, request: Request, conn_id: str) -> None:
+        """
+        Hand the connection over from Twisted Web to a new Kiwi protocol,
+        which then answers the handshake (as Autobahn's own resource does,
+        but giving the protocol its identity, and the TLS transport itself
+        rather than the connection guard wrapped around the site).
+        """
+        channel = getattr(request, "channel", None)
+        if identity is None or channel is None or request.finished or channel.transport is None:
+            # Refused, or the client left while its token was checked.
+            return
+        transport = channel.transport
+        connection = self._factory.admit(transport.getPeer(), identity, conn_id)
+        channel.transport = None
+        try:
+            if isinstance(transport, ProtocolWrapper):
+                transport.wrappedProtocol = connection
+            else:
+                transport.protocol = connection
+            if isinstance(transport, GuardedConnection):
+                # The guard keeps counting the connection and passing data
+                # in; the protocol writes to the transport beneath it (TLS,
+                # which Autobahn wants to see as such).
+                transport.mark_answered()
+                transport = transport.transport
+            connection.makeConnection(transport)  # type: ignore[no-untyped-call]
+            if hasattr(transport, "resumeProducing"):
+                transport.resumeProducing()
+            head = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
+            for name, values in request.requestHeaders.getAllRawHeaders():
+                head += name + b": " + b",".join(values) + b"\r\n"
+            connection.dataReceived(head + b"\r\n" + request.content.read())  # type: ignore[union-attr]
+        except Exception:
+            self._log.failure("{conn_id} failed taking over the connection", conn_id=conn_id)
+            transport.abortConnection()
+
+    def _failed(self, failure: Failure, request: Request, conn_id: str) -> None:
+        self._log.failure("{conn_id} failed during the handshake", failure, conn_id=conn_id)
+        channel = getattr(request, "channel", None)
+        if channel is not None and channel.transport is not None and not request.finished:
+            refuse(request, 500, "internal error")
 
 
 class HealthResource(Resource):
@@ -346,11 +574,18 @@ class HealthResource(Resource):
 class _QuietSite(Site):
     """
     A L{Site} that writes no access log line per request (one per
-    WebSocket connection would flood the log; connections log themselves).
+    WebSocket connection would flood the log; connections log themselves),
+    shows no tracebacks and does not name its software's version.
     """
+
+    displayTracebacks = False
 
     def log(self, request: Request) -> None:
         pass
+
+    def getResourceFor(self, request: Request) -> IResource:
+        request.setHeader(b"server", b"Kiwi")  # type: ignore[no-untyped-call]
+        return super().getResourceFor(request)  # type: ignore[no-any-return, no-untyped-call]
 
 
 def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, Any]:

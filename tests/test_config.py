@@ -515,7 +515,7 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(
             problems,
             [
-                "server.tls.certificate: unknown key (expected one of: cert, key)",
+                "server.tls.certificate: unknown key (expected one of: cert, key, chain, client_ca)",
                 "server.tls.cert: required key is missing",
                 "server.tls.key: required key is missing",
             ],

@@ -16,6 +16,7 @@ from kiwi import protocol
 from kiwi.events import CounterEvent, KafkaEvent
 from kiwi.protocol import (
     MAX_REQUEST,
+    Authenticate,
     ProtocolError,
     Request,
     Subscribe,
@@ -480,7 +481,7 @@ class ParseCommandPropertyTests(SynchronousTestCase):
             reply = json.loads(e.reply())
             self.assertIn(reply["type"], ("ERROR", "COMMAND_RESPONSE"))
         else:
-            self.assertIsInstance(command, (Subscribe, Unsubscribe, Request))
+            self.assertIsInstance(command, (Subscribe, Unsubscribe, Request, Authenticate))
 
     @settings(max_examples=300, deadline=None)
     @given(st.text())

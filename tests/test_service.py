@@ -107,7 +107,7 @@ class ServiceTestMixin:
         C{GET} C{path} (one segment) from the service's site.
         """
         request = DummyRequest([path])
-        resource = getChildForRequest(service.listener._site.resource, request)
+        resource = getChildForRequest(service.site.resource, request)
         body = resource.render(request)
         return request.responseCode or 200, body
 

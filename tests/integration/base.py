@@ -31,11 +31,14 @@ class IntegrationTestCase(unittest.TestCase):
     def bootstrap(self) -> str:
         return broker.bootstrap_servers()
 
-    async def start_kiwi(self, config: dict[str, Any] | str, log_level: str = "info") -> KiwiProcess:
+    async def start_kiwi(
+        self, config: dict[str, Any] | str, log_level: str = "info", env: dict[str, str] | None = None
+    ) -> KiwiProcess:
         """
-        Start Kiwi with C{config} and stop it when the test ends.
+        Start Kiwi with C{config} (and C{env} added to its environment) and
+        stop it when the test ends.
         """
-        kiwi = KiwiProcess(config, log_level=log_level)
+        kiwi = KiwiProcess(config, log_level=log_level, env=env)
         self._kiwis.append(kiwi)
         self.addCleanup(self._stop_kiwi, kiwi)
         await kiwi.start()
@@ -51,12 +54,13 @@ class IntegrationTestCase(unittest.TestCase):
         if "Traceback" in kiwi.output:
             raise AssertionError(f"Kiwi logged a traceback:\n{kiwi.output}")
 
-    async def connect(self, kiwi: KiwiProcess, path: str = "/") -> Client:
+    async def connect(self, kiwi: KiwiProcess, path: str = "/", **options: Any) -> Client:
         """
-        A client connected to C{kiwi}, closed when the test ends.
+        A client connected to C{kiwi}, closed when the test ends; see
+        L{Client.connect} for C{options} (headers, TLS).
         """
         assert kiwi.port is not None
-        client = await Client.connect(kiwi.port, path)
+        client = await Client.connect(kiwi.port, path, **options)
         self._clients.append(client)
         return client
 

@@ -53,7 +53,9 @@ class KiwiProcess:
     has no C{server} section, Kiwi listens on a free loopback port.
     """
 
-    def __init__(self, config: dict[str, Any] | str, log_level: str = "info") -> None:
+    def __init__(
+        self, config: dict[str, Any] | str, log_level: str = "info", env: dict[str, str] | None = None
+    ) -> None:
         self.directory = tempfile.mkdtemp(prefix="kiwi-test-")
         self.config_path = os.path.join(self.directory, "kiwi.yaml")
         if isinstance(config, dict):
@@ -65,6 +67,7 @@ class KiwiProcess:
         with open(self.config_path, "w") as f:
             f.write(text)
         self.log_level = log_level
+        self.env = env or {}
         self.port: int | None = None
         self._process: Any = None
         self._protocol = _Output()
@@ -122,6 +125,7 @@ class KiwiProcess:
             self.log_level,
         ]
         env = dict(os.environ)
+        env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"
         self._process = reactor.spawnProcess(
             self._protocol, args[0], args, env=env, path=self.directory, childFDs={0: "w", 1: "r", 2: "r"}

@@ -70,9 +70,22 @@ class Client:
         self.factory = factory
 
     @classmethod
-    async def connect(cls, port: int, path: str = "/", timeout: float = 10.0) -> "Client":
-        factory = RecordingClientFactory(f"ws://127.0.0.1:{port}{path}")
-        connectWS(factory, timeout=timeout)
+    async def connect(
+        cls,
+        port: int,
+        path: str = "/",
+        timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+        tls: Any = None,
+        host: str = "127.0.0.1",
+    ) -> "Client":
+        """
+        Connect to Kiwi on C{port}; with C{tls} (client TLS options, e.g.
+        from C{optionsForClientTLS}) over C{wss://}.
+        """
+        scheme = "wss" if tls is not None else "ws"
+        factory = RecordingClientFactory(f"{scheme}://{host}:{port}{path}", headers=headers or {})
+        connectWS(factory, contextFactory=tls, timeout=timeout)
         await factory._open
         return cls(factory)
 

@@ -138,13 +138,13 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     def _handle(self, payload: bytes, is_binary: bool) -> None:
         if is_binary:
-            self._send(protocol.error_frame("binary frames are not supported; send commands as JSON text"))
+            self._reply(protocol.error_frame("binary frames are not supported; send commands as JSON text"))
             return
         try:
             command = protocol.parse_command(payload.decode("utf-8"))
         except ProtocolError as e:
             self._log.debug("{conn_id} sent a bad frame: {error}", conn_id=self.conn_id, error=e.message)
-            self._send(e.reply())
+            self._reply(e.reply())
             return
         registry = self.factory.registry
         try:
@@ -170,7 +170,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
                 error=str(e),
             )
             reply = protocol.command_error(command_type, command.source_id, str(e))
-        self._send(reply)
+        self._reply(reply)
 
     @property
     def pending_bytes(self) -> int:
@@ -192,7 +192,9 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             self._outbox.clear()
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
-    def _send(self, payload: bytes) -> None:
+    def _reply(self, payload: bytes) -> None:
+        # Not "_send": Autobahn's own _send() drains its queue of chunked or
+        # synchronous writes, and an override would break it.
         self.send_frame(Frame(payload))
 
     # ISubscriber

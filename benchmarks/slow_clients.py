@@ -30,7 +30,6 @@ import argparse
 import base64
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -238,6 +237,16 @@ async def run_once(bootstrap: str, args: argparse.Namespace, stalled_count: int)
     stalled: list[StalledClient] = []
     producer: subprocess.Popen[bytes] | None = None
     connection: _Reader | None = None
+
+    def kill_children() -> None:
+        if producer is not None and producer.poll() is None:
+            producer.kill()
+        if kiwi._process is not None and not kiwi._protocol.exited.called:
+            kiwi._process.signalProcess("KILL")
+
+    # Interrupted (Ctrl-C), the coroutine never finishes: kill what this
+    # run started on the way out anyway.
+    trigger = reactor.addSystemEventTrigger("before", "shutdown", kill_children)  # type: ignore[attr-defined]
     try:
         port = await kiwi.start()
         pid = kiwi._process.pid
@@ -313,6 +322,7 @@ async def run_once(bootstrap: str, args: argparse.Namespace, stalled_count: int)
         if connection is not None and connection.factory.close is None:
             connection.sendClose(1000)
         await kiwi.stop()
+        reactor.removeSystemEventTrigger(trigger)  # type: ignore[attr-defined]
         if profile_path is not None and os.path.exists(profile_path):
             print_profile(profile_path)
 
@@ -379,6 +389,9 @@ def print_result(result: RunResult, count: int) -> None:
 
 async def main(args: argparse.Namespace) -> int:
     broker = LocalBroker()
+    # Interrupted (Ctrl-C), the coroutine never finishes: stop the broker
+    # on the way out anyway.
+    reactor.addSystemEventTrigger("before", "shutdown", broker.destroy)  # type: ignore[attr-defined]
     await deferToThread(broker.start)
     try:
         results: list[tuple[RunResult, RunResult]] = []
@@ -468,5 +481,4 @@ def _entry(_: Any, argv: list[str]) -> Deferred[None]:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     react(_entry, [sys.argv[1:]])

@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test integration typecheck bench clean
+.PHONY: venv run test integration typecheck bench bench-flow clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ typecheck: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks
+
+# Slow clients: 20 stalled + 1 reading client, 30,000 records of 1 KB
+# (own broker and Kiwi; loopback only; stops by itself within 5 minutes).
+bench-flow: venv
+	$(BIN)/python -m benchmarks.slow_clients
 
 clean:
 	rm -rf $(VENV) _trial_temp* build dist *.egg-info

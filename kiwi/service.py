@@ -55,12 +55,13 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
         from kiwi.sources.counter import CounterSource
 
         return CounterSource(config, sink, reactor)
-    from kiwi.sources.kafka import KafkaSource
+    from kiwi.sources.kafka import MAX_TURN_BYTES, KafkaSource
 
     assert kiwi.kafka is not None, "validated by kiwi.config"
-    # A reader at full speed must never see a whole turn's fan-out exceed
-    # its outbox budget.
-    turn_bytes = max(4096, kiwi.subscriber.max_pending_bytes // 4)
+    # Per reactor turn, fan out no more than a connection writes in one
+    # turn, and well within the outbox budget, so that a reader at full
+    # speed keeps up with large batches.
+    turn_bytes = max(4096, min(MAX_TURN_BYTES, kiwi.subscriber.max_pending_bytes // 4))
     return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
 
 

@@ -340,6 +340,8 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
     def _reply(self, payload: bytes) -> None:
+        # Not "_send": Autobahn's own _send() drains its queue of chunked or
+        # synchronous writes, and an override would break it.
         self.send_frame(Frame(payload))
 
     # ISubscriber
@@ -368,7 +370,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             self._stop_slow_timer()
             self.close_with(CLOSE_POLICY_VIOLATION, "client too slow: too many unread replies and notices")
             return
-        if outbox.over_budget and self._slow_timer is None:
+        if self._slow_timer is None and outbox.over_budget:
             config = self.factory.subscriber_config
             timeout = config.slow_client_timeout_s
             self._log.warn(
@@ -397,9 +399,21 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN:
             return
-        if frame.prepared is None:
-            frame.prepared = self.factory.prepareMessage(frame.payload, isBinary=False)
-        self.sendPreparedMessage(frame.prepared)
+        prepared = frame.prepared
+        if prepared is None:
+            prepared = frame.prepared = self.factory.prepareMessage(frame.payload, isBinary=False)
+        transport = self.transport
+        if (
+            transport is not None
+            and getattr(self, "_perMessageCompress", None) is None
+            and not getattr(self, "send_queue", None)
+        ):
+            # What sendPreparedMessage does without compression, minus the
+            # debug line Autobahn formats for every write: most of its cost,
+            # paid for every connection and event.
+            transport.write(prepared.payloadHybi)
+        else:
+            self.sendPreparedMessage(prepared)
 
 
 class KiwiServerFactory(WebSocketServerFactory):

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from kiwi import protocol
 from kiwi.config import KafkaConfig, KafkaSourceConfig
 from kiwi.events import Event, KafkaEvent
 from kiwi.sources import IEventSink, ISource
@@ -26,10 +27,12 @@ from kiwi.sources.kafka import (
     METADATA_TIMEOUT_S,
     POLL_TIMEOUT_S,
     RETRY_DELAY_S,
+    MAX_TURN_BYTES,
     BrokerUnavailable,
     IKafkaConsumer,
     KafkaSource,
     consumer_settings,
+    turn_size,
 )
 
 
@@ -557,6 +560,108 @@ class KafkaSourceTests(KafkaSourceTestMixin, SynchronousTestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         self.successResultOf(source.stopService())
         self.assertTrue(self.consumer.closed)
+
+
+class FanOutChunkTests(SynchronousTestCase):
+    """
+    A large batch is fanned out in chunks, one per reactor turn, so that
+    sockets are written between chunks.
+    """
+
+    def make(self, max_turn_bytes: int) -> KafkaSource:
+        """
+        A started source whose turns are limited to C{max_turn_bytes}.
+        """
+        self.clock = Clock()
+        self.consumer = FakeConsumer()
+        self.sink = FakeSink()
+        source = KafkaSource(
+            KafkaSourceConfig(id="orders", topic="orders-topic"),
+            KafkaConfig(bootstrap_servers=("k:9092",)),
+            self.sink,
+            self.clock,
+            consumer=self.consumer,
+            run_in_thread=_inline,
+            max_turn_bytes=max_turn_bytes,
+        )
+        source.startService()
+        self.addCleanup(self.stop, source)
+        return source
+
+    def stop(self, source: KafkaSource) -> None:
+        """
+        Stop C{source}, finishing any fan-out and answering its last poll.
+        """
+        d = source.stopService()
+        self.clock.advance(0)
+        if self.consumer.polling:
+            self.consumer.deliver()
+        self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def turn(self) -> None:
+        """
+        One reactor turn: run the calls that are due now, but not those
+        they schedule (L{Clock.advance} would run those too).
+        """
+        now = self.clock.seconds()
+        for call in [c for c in self.clock.getDelayedCalls() if c.getTime() <= now]:
+            self.clock.calls.remove(call)
+            call.called = True
+            call.func(*call.args, **call.kw)
+
+    def test_publish_oneChunkPerTurn(self) -> None:
+        """
+        Records beyond C{max_turn_bytes} wait for the next reactor turn, in
+        order, and the next poll starts only once all are published.
+        """
+        records = [_record(0, offset, b"p" * 300) for offset in range(10)]
+        self.make(3 * turn_size(records[0]))
+        self.consumer.deliver(*records)
+        self.assertEqual(self.sink.batches, [("orders", records[:3])])
+        self.assertFalse(self.consumer.polling)
+        self.turn()
+        self.assertEqual(self.sink.batches[-1], ("orders", records[3:6]))
+        self.turn()
+        self.turn()
+        self.assertEqual(
+            [events for _, events in self.sink.batches], [records[:3], records[3:6], records[6:9], records[9:]]
+        )
+        self.assertTrue(self.consumer.polling)
+
+    def test_publish_largeRecordAlone(self) -> None:
+        """
+        A record larger than a turn is published in a turn of its own.
+        """
+        small = _record(0, 1, b"s")
+        large = _record(0, 2, b"L" * 5000)
+        self.make(1000)
+        self.consumer.deliver(small, large, small)
+        self.turn()
+        self.assertEqual(len(self.sink.batches), 2)
+        self.turn()
+        self.assertEqual([events for _, events in self.sink.batches], [[small], [large], [small]])
+
+    def test_publish_smallBatchOneTurn(self) -> None:
+        """
+        A batch within the limit is published at once.
+        """
+        records = [_record(0, offset) for offset in range(5)]
+        self.make(MAX_TURN_BYTES)
+        self.consumer.deliver(*records)
+        self.assertEqual(self.sink.batches, [("orders", records)])
+        self.assertTrue(self.consumer.polling)
+
+    def test_turnSize_coversEncoding(self) -> None:
+        """
+        The estimate is close to, and not below, the size of the encoded
+        C{RESULT} message for typical records.
+        """
+        for key, payload in ((None, b"x" * 1000), (b"k" * 16, b"y" * 100), (None, None), (b"k", b"v" * 10000)):
+            event = KafkaEvent("prices", "prices", 3, 123456789, key, payload, 1700000000000)
+            encoded = len(protocol.encode_result(event))
+            self.assertGreaterEqual(turn_size(event), encoded)
+            self.assertLessEqual(turn_size(event), encoded + 100)
 
 
 class ConsumerSettingsTests(SynchronousTestCase):

@@ -433,6 +433,18 @@ class KiwiServerProtocolTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertEqual(client.close_info[1], CLOSE_INTERNAL_ERROR)
         self.assertEqual(self.factory.connections, set())
 
+    def test_autobahnQueuedWrites(self) -> None:
+        """
+        Autobahn's own queue of synchronous writes still works: Kiwi does
+        not override its C{_send}.
+        """
+        client, server, pump = self.connect()
+        server.sendMessage(b'{"type":"x"}', isBinary=False, sync=True)
+        pump.flush()
+        self.clock.advance(1)
+        pump.flush()
+        self.assertEqual(client.take(), [b'{"type":"x"}'])
+
     def test_closeSource_notice(self) -> None:
         """
         When a source ends, subscribers get a C{SUBSCRIPTION_CLOSED} notice.

@@ -37,12 +37,23 @@ MAX_BATCH = 1000
 The most records one poll hands to the reactor.
 """
 
-MAX_TURN_BYTES = 256 * 1024
+MAX_TURN_BYTES = 64 * 1024
 """
-The most key and payload bytes fanned out in one reactor turn. Between
-chunks the reactor writes to sockets, so a client that reads at full speed
-never has a whole large poll queued at once (see C{docs/flow-control.md}).
+The most bytes of C{RESULT} messages (as estimated by L{turn_size}) fanned
+out in one reactor turn. Between chunks the reactor writes to the sockets,
+and in one turn Twisted writes about this much to each connection (it
+pauses a producer once 64 KiB wait in a transport), so a client that reads
+at full speed keeps up with the fan-out even when a poll returns a large
+batch, instead of seeing its outbox fill (see C{docs/flow-control.md}).
 """
+
+
+def turn_size(event: KafkaEvent) -> int:
+    """
+    About how many bytes C{event}'s C{RESULT} message takes: key and
+    payload are base64-encoded (4/3), plus the JSON around them.
+    """
+    return (len(event.key or b"") + len(event.payload or b"")) * 4 // 3 + 160
 
 POLL_TIMEOUT_S = 0.1
 """
@@ -343,18 +354,20 @@ class KafkaSource(Service):
 
     async def _publish(self, events: list[KafkaEvent]) -> None:
         """
-        Fan C{events} out in chunks of at most C{max_turn_bytes}, one chunk
-        per reactor turn.
+        Fan C{events} out in chunks of at most C{max_turn_bytes} (by
+        L{turn_size}; a larger event goes alone), one chunk per reactor
+        turn.
         """
         start = 0
         size = 0
         for index, event in enumerate(events):
-            size += len(event.key or b"") + len(event.payload or b"") + 64
+            event_size = turn_size(event)
+            size += event_size
             if size > self._max_turn_bytes and index > start:
                 self._sink.publish(self.source_id, events[start:index])
                 await deferLater(self._clock, 0, lambda: None)
                 start = index
-                size = len(event.key or b"") + len(event.payload or b"") + 64
+                size = event_size
         self._sink.publish(self.source_id, events[start:])
 
     async def _discover_partitions(self) -> None:

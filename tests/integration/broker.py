@@ -50,6 +50,19 @@ def _noida_binary() -> str:
     return found
 
 
+def _group_alive(group: int) -> bool:
+    """
+    Whether any process of process group C{group} is still running.
+    """
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class LocalBroker:
     """
     A C{noida-db} Kafka service on loopback, in its own data directory.
@@ -108,13 +121,22 @@ class LocalBroker:
         """
         if self.process is None:
             return
+        group = self.process.pid  # started with start_new_session
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(group, signal.SIGTERM)
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGKILL)
                 self.process.wait(10)
+        # The noida-db launcher can exit before the broker binary it runs:
+        # wait for the whole process group, so that no broker outlives us.
+        deadline = time.monotonic() + 10
+        while _group_alive(group):
+            if time.monotonic() > deadline:
+                os.killpg(group, signal.SIGKILL)
+                break
+            time.sleep(0.05)
         self.process = None
 
     def destroy(self) -> None:

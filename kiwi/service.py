@@ -1,8 +1,8 @@
 """
 Kiwi's root service: builds the service tree from a configuration.
 
-Children, in start order: C{sources} (one child per source), then the
-C{listener}. Twisted stops children in reverse order, so clients are told
+Children, in start order: C{plugins}, C{sources} (one child per source),
+then the C{listener}. Twisted stops children in reverse order, so clients are told
 to go away before the sources stop.
 """
 
@@ -16,6 +16,7 @@ from kiwi.logs import logger
 
 from kiwi.config import CounterSourceConfig, KiwiConfig, SourceConfig
 from kiwi.endpoints import ListenerService
+from kiwi.plugins.host import PluginHost
 from kiwi.registry import Registry
 from kiwi.sources import IEventSink, ISource
 from kiwi.ws import KiwiServerFactory, build_site
@@ -52,7 +53,9 @@ class KiwiService(MultiService):
     def __init__(self, config: KiwiConfig, reactor: Any) -> None:
         super().__init__()
         self.config = config
-        self.registry = Registry(config.subscriber)
+        self.plugins = PluginHost(config.hooks, reactor)
+        self.plugins.setServiceParent(self)
+        self.registry = Registry(config.subscriber, self.plugins.intercept, self.plugins.count_failure)
         sources = MultiService()
         sources.setName("sources")
         sources.setServiceParent(self)
@@ -60,7 +63,7 @@ class KiwiService(MultiService):
             source = build_source(source_config, config, self.registry, reactor)
             self.registry.add_source(source)
             IService(source).setServiceParent(sources)
-        self.factory = KiwiServerFactory(self.registry, reactor, config.server)
+        self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.plugins)
         site = build_site(self.factory, config.server.healthcheck)
         self.listener = ListenerService(reactor, config.server.listen, site, self.factory)
         # The listener goes last, so that it stops first.

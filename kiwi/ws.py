@@ -15,8 +15,9 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.task import deferLater
 from kiwi.logs import logger
 from twisted.web.resource import Resource
@@ -27,6 +28,8 @@ from kiwi import protocol
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
 from kiwi.flow import Outbox
+from kiwi.plugins import REJECT, HttpRequest, IAuthenticator, WithContext
+from kiwi.plugins.host import PluginHost
 from kiwi.protocol import ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
 from kiwi.registry import Frame, ISubscriber, Registry
 
@@ -61,13 +64,62 @@ class KiwiServerProtocol(WebSocketServerProtocol):
 
     conn_id = "-"
     peer_address = "-"
+    auth_context: bytes | None = None
+    """
+    Bytes attached to this connection by authentication (an authenticate
+    plugin's C{with-context}); intercept calls receive them as C{auth}.
+    """
+    plugin_addr: str | None = None
+    """
+    The peer as C{ip:port} (C{[ip]:port} for IPv6), for intercept calls.
+    """
     _outbox: Outbox[Frame] | None = None
     _slow_timer: IDelayedCall | None = None
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
         self.conn_id = f"c{next(_conn_ids)}"
         self.peer_address = request.peer
+        self.plugin_addr = _socket_address(self.transport)
         self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
+        plugins = self.factory.plugins
+        authenticator = plugins.authenticate.current if plugins is not None else None
+        if plugins is not None and authenticator is not None:
+            return Deferred.fromCoroutine(self._run_authenticate(plugins, authenticator, request))
+        return None
+
+    async def _run_authenticate(
+        self, plugins: PluginHost, authenticator: IAuthenticator, request: ConnectionRequest
+    ) -> None:
+        """
+        Let the authenticate plugin decide on this handshake; refuse it
+        with 401 unless the plugin lets the client in.
+        """
+        try:
+            outcome = await plugins.run_authenticate(authenticator, self._http_request(request), self.conn_id)
+        except Exception:
+            self._log.failure("{conn_id} failed authenticating", conn_id=self.conn_id)
+            outcome = REJECT
+        if outcome == REJECT:
+            self._log.warn("{conn_id} handshake from {peer} refused by the authenticate plugin",
+                           conn_id=self.conn_id, peer=self.peer_address)
+            raise ConnectionDeny(401, "Unauthorized")
+        if isinstance(outcome, WithContext):
+            self.auth_context = outcome.context
+
+    def _http_request(self, request: ConnectionRequest) -> HttpRequest:
+        """
+        The handshake request as an authenticate plugin sees it.
+        """
+        headers = tuple((name, str(value).encode("utf-8")) for name, value in request.headers.items())
+        authority = request.headers.get("host")
+        secure = ISSLTransport.providedBy(self.transport)
+        return HttpRequest(
+            method="GET",
+            path_with_query=getattr(self, "http_request_uri", None) or request.path,
+            scheme=("https" if secure else "http") if authority else None,
+            authority=authority,
+            headers=headers,
+        )
 
     def onOpen(self) -> None:
         try:
@@ -239,6 +291,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         registry: Registry,
         clock: IReactorTime | None = None,
         server_config: ServerConfig | None = None,
+        plugins: PluginHost | None = None,
     ) -> None:
         # No url: Autobahn then checks no Host header port, which behind
         # proxies and with port 0 in tests would be wrong anyway.
@@ -250,6 +303,7 @@ class KiwiServerFactory(WebSocketServerFactory):
             clock = reactor  # type: ignore[assignment]
         self.clock: IReactorTime = clock
         self.subscriber_config: SubscriberConfig = registry.subscriber_config
+        self.plugins = plugins
         self.connections: set[KiwiServerProtocol] = set()
         options: dict[str, Any] = {"webStatus": False}
         if server_config is not None and server_config.ping_interval_s > 0:
@@ -324,12 +378,32 @@ def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, A
         detail["subscribers"] = registry.subscriber_count(source.source_id)
         sources[source.source_id] = detail
     pending = sum(c.pending_bytes for c in factory.connections)
-    return {
+    result: dict[str, Any] = {
         "status": "ok",
         "connections": len(factory.connections),
         "pending_bytes": pending,
         "sources": sources,
     }
+    plugins = factory.plugins.status() if factory.plugins is not None else {}
+    if plugins:
+        result["plugins"] = plugins
+    return result
+
+
+def _socket_address(transport: Any) -> str | None:
+    """
+    The peer of C{transport} as C{ip:port} (C{[ip]:port} for IPv6), or
+    C{None} when it has no IP address (a Unix socket).
+    """
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return None
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def build_site(factory: KiwiServerFactory, healthcheck: bool) -> Site:

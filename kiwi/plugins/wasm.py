@@ -219,6 +219,7 @@ def _message(error: BaseException) -> str:
 
 def _proto(name: str, restype: Any, *argtypes: Any) -> Any:
     address = ctypes.cast(getattr(ffi.dll, name), c_void_p).value
+    assert address is not None
     return ctypes.CFUNCTYPE(restype, *argtypes)(address)
 
 
@@ -627,15 +628,15 @@ class _CoreInstance:
         table_ptr = self._alloc(4, len(table))
         writes.append((table_ptr, bytes(table)))
         base, size = self._memory_view()
-        for pointer, data in writes:
-            if data:
-                if pointer + len(data) > size:
+        for pointer, chunk in writes:
+            if chunk:
+                if pointer + len(chunk) > size:
                     raise self._malformed("cabi_realloc returned memory outside the instance's memory")
-                _memmove(base + pointer, data, len(data))
+                _memmove(base + pointer, chunk, len(chunk))
         flat = method + path + scheme + authority + [table_ptr, len(headers)]
         args = self._args
-        for index, value in enumerate(flat):
-            args[index].i32 = value
+        for index, number in enumerate(flat):
+            args[index].i32 = number
         result = self._call(self._export, 15) & 0xFFFFFFFF
         base, size = self._memory_view()
         if result % 4 or result + 12 > size:
@@ -896,24 +897,6 @@ class _ComponentInstance:
         self._store = store
         self._func = func
         self._ticks = deadline_ticks(limits.timeout_ms)
-        self._pending: int | None = None
-        self._view = memoryview(b"")
-        self._view_size = 0
-        self._view_pages = -1
-        self._prepare = 0
-        if module.hook == "intercept":
-            imports: list[wasmtime.Func | wasmtime.Memory] = [self._funcs[1]]
-            if module.has_post:
-                imports.append(self._funcs[2])
-            imports.append(memory)
-            try:
-                glue = wasmtime.Instance(store, module.glue, imports)
-            except (wasmtime.Trap, wasmtime.WasmtimeError) as e:
-                raise PluginError("trap", f"cannot link Kiwi's glue module: {_message(e)}") from None
-            prepare = glue.exports(store)["prepare"]
-            assert isinstance(prepare, wasmtime.Func)
-            self._funcs.append(prepare)
-            self._prepare = ctypes.addressof(prepare._func)
 
     def _call(self, value: Any) -> Any:
         store = self._store
@@ -958,7 +941,7 @@ class _ComponentInstance:
         if isinstance(payload, wc.Variant):
             if payload.tag == "kafka":
                 return TransformKafka(None if payload.payload is None else bytes(payload.payload))
-            return TransformCounter(int(payload.payload))
+            return TransformCounter(int(payload.payload or 0))
         if payload is None or isinstance(payload, (bytes, bytearray)):
             return TransformKafka(None if payload is None else bytes(payload))
         if isinstance(payload, int):
@@ -990,7 +973,7 @@ class _ComponentInstance:
         if result.tag == "reject":
             return REJECT
         if result.tag == "with-context":
-            return WithContext(bytes(result.payload))
+            return WithContext(bytes(result.payload or b""))
         raise PluginError("malformed", f"unknown outcome {result.tag}")
 
 

@@ -357,13 +357,69 @@ SOURCES["auth-echo"] = _authenticate(
 )
 
 
-def build(name: str, directory: str) -> str:
+_INTERCEPT_TYPES = """
+  (type $websocket' (record (field "addr" (option string))))
+  (export $websocket "websocket" (type $websocket'))
+  (type $connection' (variant (case "websocket" $websocket)))
+  (export $connection "connection-ctx" (type $connection'))
+  (type $kafka' (record (field "payload" (option (list u8))) (field "source-id" string) (field "topic" string)
+                        (field "timestamp" (option u64)) (field "partition" u32) (field "offset" u64)))
+  (export $kafka "kafka-event-ctx" (type $kafka'))
+  (type $counter' (record (field "source-id" string) (field "count" u64)))
+  (export $counter "counter-event-ctx" (type $counter'))
+  (type $event' (variant (case "kafka" $kafka) (case "counter" $counter)))
+  (export $event "event-ctx" (type $event'))
+  (type $context' (record (field "auth" (option (list u8))) (field "connection" $connection) (field "event" $event)))
+  (export $context "context" (type $context'))
+  (type $transformed' (variant (case "kafka" (option (list u8))) (case "counter" u64)))
+  (export $transformed "transformed-payload" (type $transformed'))
+  (type $action' (variant (case "forward") (case "discard") (case "transform" $transformed)))
+  (export $action "action" (type $action'))
+  (func $hook (param "ctx" $context) (result $action)
+    (canon lift (core func $core "intercept") (memory (core memory $core "memory"))
+      (realloc (core func $core "cabi_realloc")) (post-return (core func $core "cabi_post_intercept"))))
+  (export "intercept" (func $hook))
+"""
+
+_AUTHENTICATE_TYPES = """
+  (type $method' (variant (case "get") (case "head") (case "post") (case "put") (case "delete") (case "connect")
+                          (case "options") (case "trace") (case "patch") (case "other" string)))
+  (export $method "method" (type $method'))
+  (type $scheme' (variant (case "HTTP") (case "HTTPS") (case "other" string)))
+  (export $scheme "scheme" (type $scheme'))
+  (type $request' (record (field "method" $method) (field "path-with-query" (option string))
+                          (field "scheme" (option $scheme)) (field "authority" (option string))
+                          (field "headers" (list (tuple string (list u8))))))
+  (export $request "http-request" (type $request'))
+  (type $outcome' (variant (case "authenticate") (case "reject") (case "with-context" (list u8))))
+  (export $outcome "outcome" (type $outcome'))
+  (func $hook (param "incoming" $request) (result $outcome)
+    (canon lift (core func $core "authenticate") (memory (core memory $core "memory"))
+      (realloc (core func $core "cabi_realloc")) (post-return (core func $core "cabi_post_authenticate"))))
+  (export "authenticate" (func $hook))
+"""
+
+
+def component_source(name: str) -> str:
     """
-    Build the test plugin C{name} into C{directory} and return its path.
+    The test plugin C{name} wrapped into a component: the same core module,
+    lifted with the world's types (what cargo-component or wit-component
+    would produce from it).
+    """
+    core = SOURCES[name]
+    body = core[len("(module") : -1]
+    types = _AUTHENTICATE_TYPES if '(export "authenticate")' in core else _INTERCEPT_TYPES
+    return f"(component (core module $module {body}) (core instance $core (instantiate $module)) {types})"
+
+
+def build(name: str, directory: str, component: bool = False) -> str:
+    """
+    Build the test plugin C{name} into C{directory} (as a component if
+    C{component}) and return its path.
     """
     from wasmtime import wat2wasm
 
-    path = os.path.join(directory, name + ".wasm")
+    path = os.path.join(directory, name + ("-component" if component else "") + ".wasm")
     with open(path, "wb") as f:
-        f.write(bytes(wat2wasm(SOURCES[name])))
+        f.write(bytes(wat2wasm(component_source(name) if component else SOURCES[name])))
     return path

@@ -863,6 +863,103 @@ class _Component:
         self.foreign_imports: list[str] = []
 
 
+_CACHING_CLASSES: dict[type, type] = {}
+_CACHED_PROPERTIES = {
+    wc.RecordType: ("fields",),
+    wc.VariantType: ("cases",),
+    wc.OptionType: ("payload",),
+    wc.ListType: ("element",),
+    wc.TupleType: ("elements",),
+    wc.ResultType: ("ok", "err"),
+}
+
+
+def _caching_class(cls: type) -> type:
+    """
+    A subclass of the wasmtime-py value type C{cls} that computes its
+    properties (which query the C API and build new objects each time) and
+    its variant tagging once.
+    """
+    if cls not in _CACHING_CLASSES:
+        namespace: dict[str, Any] = {}
+        for name in _CACHED_PROPERTIES.get(cls, ()):
+            getter = getattr(cls, name).fget
+
+            def cached(self: Any, _getter: Any = getter, _name: str = name) -> Any:
+                key = "_kiwi_" + _name
+                if key not in self.__dict__:
+                    self.__dict__[key] = _getter(self)
+                return self.__dict__[key]
+
+            namespace[name] = property(cached)
+        if hasattr(cls, "_tagged"):
+            original = cls._tagged  # type: ignore[attr-defined]
+
+            def tagged(self: Any, _original: Any = original) -> bool:
+                if "_kiwi_tagged" not in self.__dict__:
+                    self.__dict__["_kiwi_tagged"] = _original(self)
+                return bool(self.__dict__["_kiwi_tagged"])
+
+            namespace["_tagged"] = tagged
+        _CACHING_CLASSES[cls] = type("Caching" + cls.__name__, (cls,), namespace)
+    return _CACHING_CLASSES[cls]
+
+
+def _cache_types(ty: Any) -> Any:
+    """
+    Make the value type C{ty}, and every type inside it, cache what it
+    learns from the C API: the component path then converts values without
+    asking wasmtime about types on every call.
+    """
+    if type(ty) in _CACHED_PROPERTIES:
+        ty.__class__ = _caching_class(type(ty))
+        for name in _CACHED_PROPERTIES[type(ty).__mro__[1]]:
+            child = getattr(ty, name)
+            if isinstance(child, list):
+                for item in child:
+                    _cache_types(item[1] if isinstance(item, tuple) else item)
+            elif child is not None:
+                _cache_types(child)
+    return ty
+
+
+class _ComponentCall:
+    """
+    C{func(store, value)} for a one-parameter component function, with its
+    types looked up once instead of on every call (what wasmtime-py's
+    C{Func.__call__} does).
+    """
+
+    def __init__(self, store: wasmtime.Store, func: wc.Func) -> None:
+        func_type = func.type(store)
+        self._param = _cache_types(func_type.params[0][1])
+        result = func_type.result
+        assert result is not None
+        self._result = _cache_types(result)
+        self._func = func
+        self._func_ref = ctypes.byref(func._func)
+
+    def __call__(self, store: wasmtime.Store, value: Any) -> Any:
+        params = (ffi.wasmtime_component_val_t * 1)()
+        lowered = 0
+        try:
+            self._param.convert_to_c(store, value, ctypes.pointer(params[0]))
+            lowered = 1
+            result = ffi.wasmtime_component_val_t()
+            error = ffi.wasmtime_component_func_call(
+                self._func_ref, store._context(), params, 1, ctypes.byref(result), 1
+            )
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+            return self._result.convert_from_c(result)
+        finally:
+            if lowered:
+                ffi.wasmtime_component_val_delete(ctypes.byref(params[0]))
+
+    def post_return(self, store: wasmtime.Store) -> None:
+        self._func.post_return(store)
+
+
 def _record(**fields: Any) -> Any:
     record = wc.Record()
     for name, value in fields.items():
@@ -895,7 +992,7 @@ class _ComponentInstance:
         if func is None:
             raise PluginError("trap", f"the instance has no function {component.hook}")
         self._store = store
-        self._func = func
+        self._func = _ComponentCall(store, func)
         self._ticks = deadline_ticks(limits.timeout_ms)
 
     def _call(self, value: Any) -> Any:

@@ -315,7 +315,7 @@ class PythonComponentTests(PluginTestCase):
             [
                 componentize,
                 "-d",
-                os.path.join(REPO, "kiwi", "plugins", "wit"),
+                os.path.join(REPO, "kiwi", "plugins", "wit", "intercept.wit"),
                 "-w",
                 "intercept-hook",
                 "componentize",

@@ -27,6 +27,8 @@ import ctypes
 import os
 import struct
 import threading
+import time
+import weakref
 from collections.abc import Callable
 from ctypes import c_size_t, c_uint64, c_void_p
 from typing import Any
@@ -115,6 +117,78 @@ def deadline_ticks(timeout_ms: int) -> int:
     milliseconds after it starts (0 traps at once).
     """
     return 0 if timeout_ms <= 0 else timeout_ms + 1
+
+
+TIMEOUT_MARKER = "kiwi: the plugin used up its time budget"
+
+
+class _Budget:
+    """
+    The time budget of one instance's calls, consulted by wasmtime when an
+    epoch deadline passes (L{_on_deadline}).
+
+    A deadline that passes means the call has taken C{timeout_ms} of wall
+    time. On a busy host that may be time the thread spent waiting for a
+    CPU, so the first time it passes in a call Kiwi notes the thread's CPU
+    time and lets the call go on; it is stopped once it has used another
+    C{timeout_ms} of CPU, or once it has run another C{5 × timeout_ms + 50 ms}
+    of wall time. A plugin that spins is thus stopped after about twice its
+    budget on an idle host, and within C{6 × timeout_ms + 50 ms} on any.
+
+    @ivar cpu_mark: The thread's CPU time when the deadline first passed in
+        the current call (C{None}: it has not); reset at every call.
+    """
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_s = timeout_ms / 1000
+        self.cpu_mark: float | None = None
+        self.wall_mark = 0.0
+
+
+_budgets: weakref.WeakValueDictionary[int, _Budget] = weakref.WeakValueDictionary()
+
+
+@ctypes.CFUNCTYPE(c_size_t, c_void_p, c_void_p, ctypes.POINTER(c_uint64), ctypes.POINTER(ctypes.c_uint8))
+def _on_deadline(context: Any, data: Any, delta: Any, kind: Any) -> int:
+    """
+    wasmtime's epoch deadline callback: continue the call (setting the next
+    deadline) or stop it with an error carrying L{TIMEOUT_MARKER}.
+    """
+    try:
+        budget = _budgets.get(data or 0)
+        if budget is not None and budget.timeout_s > 0:
+            now_cpu = time.thread_time()
+            if budget.cpu_mark is None:
+                budget.cpu_mark = now_cpu
+                budget.wall_mark = time.monotonic()
+                remaining = budget.timeout_s
+            else:
+                remaining = budget.timeout_s - (now_cpu - budget.cpu_mark)
+                if time.monotonic() - budget.wall_mark > budget.timeout_s * 5 + 0.05:
+                    remaining = 0
+            if remaining > 0:
+                delta[0] = max(1, int(remaining / TICK_SECONDS))
+                kind[0] = 0
+                return 0
+    except Exception:
+        pass
+    error = ffi.wasmtime_error_new(TIMEOUT_MARKER.encode("utf-8"))
+    address: int = ctypes.cast(error, c_void_p).value or 0
+    return address
+
+
+def _watch_deadlines(store: wasmtime.Store, timeout_ms: int) -> _Budget:
+    """
+    Make C{store}'s epoch deadlines go through L{_on_deadline} with a
+    budget of C{timeout_ms}; the caller keeps the returned budget alive and
+    resets its C{cpu_mark} before each call.
+    """
+    budget = _Budget(timeout_ms)
+    _budgets[id(budget)] = budget
+    _set_deadline_callback(
+        ctypes.cast(store.ptr(), c_void_p).value, ctypes.cast(_on_deadline, c_void_p).value, id(budget), None
+    )
+    return budget
 
 
 class EpochTicker:
@@ -227,6 +301,9 @@ _call_unchecked = _proto("wasmtime_func_call_unchecked", c_void_p, c_void_p, c_v
 _memory_data = _proto("wasmtime_memory_data", c_void_p, c_void_p, c_void_p)
 _memory_data_size = _proto("wasmtime_memory_data_size", c_size_t, c_void_p, c_void_p)
 _set_epoch_deadline = _proto("wasmtime_context_set_epoch_deadline", None, c_void_p, c_uint64)
+_set_deadline_callback = _proto(
+    "wasmtime_store_epoch_deadline_callback", None, c_void_p, c_void_p, c_void_p, c_void_p
+)
 _memmove = ctypes.memmove
 _string_at = ctypes.string_at
 
@@ -386,6 +463,7 @@ class _CoreInstance:
         self._trap = c_void_p()
         self._trap_address = ctypes.addressof(self._trap)
         self._ticks = deadline_ticks(limits.timeout_ms)
+        self._budget = _watch_deadlines(store, limits.timeout_ms)
         self._pending: int | None = None
         self._view = memoryview(b"")
         self._view_size = 0
@@ -408,7 +486,10 @@ class _CoreInstance:
     def _call(self, func: int, count: int) -> int:
         error = _call_unchecked(self._context, func, self._args_address, count, self._trap_address)
         if error:
-            raise PluginError("trap", _message(wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))))
+            failure = wasmtime.WasmtimeError._from_ptr(ctypes.cast(error, ctypes.POINTER(ffi.wasmtime_error_t)))
+            if _trap_reason(failure) == "timeout":
+                raise PluginError("timeout", "the call ran out of time (hooks.timeout_ms)")
+            raise PluginError("trap", f"the plugin failed: {_message(failure)}")
         if self._trap.value:
             trap = wasmtime.Trap._from_ptr(ctypes.cast(self._trap.value, ctypes.POINTER(ffi.wasm_trap_t)))
             self._trap.value = None
@@ -464,6 +545,7 @@ class _CoreInstance:
         """
         context = self._context
         _set_epoch_deadline(context, self._ticks)
+        self._budget.cpu_mark = None
         args = self._args
         source = event.source_id.encode("utf-8")
         addr_bytes = addr.encode("utf-8") if addr is not None else None
@@ -596,6 +678,7 @@ class _CoreInstance:
 
     def authenticate(self, request: HttpRequest) -> Outcome:
         _set_epoch_deadline(self._context, self._ticks)
+        self._budget.cpu_mark = None
         writes: list[tuple[int, bytes]] = []
 
         def string(value: str | bytes) -> tuple[int, int]:
@@ -666,7 +749,8 @@ def _trap_reason(trap: BaseException) -> str:
     code = getattr(trap, "trap_code", None)
     if code is not None and code == wasmtime.TrapCode.INTERRUPT:
         return "timeout"
-    if "interrupt" in str(trap):
+    text = str(trap)
+    if TIMEOUT_MARKER in text or "wasm trap: interrupt" in text:
         return "timeout"
     return "trap"
 
@@ -864,7 +948,7 @@ class _Component:
 
 
 _CACHING_CLASSES: dict[type, type] = {}
-_CACHED_PROPERTIES = {
+_CACHED_PROPERTIES: dict[type, tuple[str, ...]] = {
     wc.RecordType: ("fields",),
     wc.VariantType: ("cases",),
     wc.OptionType: ("payload",),
@@ -893,7 +977,7 @@ def _caching_class(cls: type) -> type:
 
             namespace[name] = property(cached)
         if hasattr(cls, "_tagged"):
-            original = cls._tagged  # type: ignore[attr-defined]
+            original = getattr(cls, "_tagged")
 
             def tagged(self: Any, _original: Any = original) -> bool:
                 if "_kiwi_tagged" not in self.__dict__:
@@ -994,10 +1078,12 @@ class _ComponentInstance:
         self._store = store
         self._func = _ComponentCall(store, func)
         self._ticks = deadline_ticks(limits.timeout_ms)
+        self._budget = _watch_deadlines(store, limits.timeout_ms)
 
     def _call(self, value: Any) -> Any:
         store = self._store
         store.set_epoch_deadline(self._ticks)
+        self._budget.cpu_mark = None
         try:
             result = self._func(store, value)
             self._func.post_return(store)

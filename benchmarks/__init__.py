@@ -1,0 +1,3 @@
+"""
+Benchmarks that print figures; run each as C{python -m benchmarks.<name>}.
+"""

@@ -263,6 +263,40 @@ class InterceptTests(PluginTestCase):
         self.assertFalse(client.factory.is_closed)
 
 
+class ComponentTests(PluginTestCase):
+    """
+    Both hooks as components (the WAT test plugins lifted into components),
+    through wasmtime's component API, WASI 0.2 and wasi:http.
+    """
+
+    async def test_components_authenticateAndIntercept(self) -> None:
+        """
+        An authenticate component rejects a wrong key with 401 and attaches
+        its context for the right one; an intercept component sees that
+        context and the peer address.
+        """
+        topic = await self.create_topic()
+        config = self.kafka_config(topic)
+        config["hooks"] = {
+            "authenticate": wasm_plugins.build("apikey", self.plugin_dir, component=True),
+            "intercept": wasm_plugins.build("context", self.plugin_dir, component=True),
+            "timeout_ms": 50,
+        }
+        kiwi = await self.start_kiwi(config)
+        await kiwi.wait_source_state(topic, "running")
+        self.assertEqual(await self.status(kiwi, "/?key=wrong"), 401)
+        client = await self.connect(kiwi, "/?key=letmein")
+        await client.subscribe(topic)
+        await self.produce(topic, [(None, b"x", 0)])
+        await client.wait_for(lambda: client.results(topic), 30)
+        payload = _decode(client.results(topic)[0]["payload"])
+        assert payload is not None
+        self.assertTrue(payload.startswith(b"tenant-acme@127.0.0.1:"), payload)
+        health = await kiwi.health()
+        self.assertEqual(health["plugins"]["authenticate"]["plugin"], "apikey-component.wasm (component)")
+        self.assertEqual(health["plugins"]["intercept"]["plugin"], "context-component.wasm (component)")
+
+
 class LoadTests(PluginTestCase):
     """
     Plugin files that cannot be used stop Kiwi at start-up.

@@ -601,7 +601,7 @@ class _Reader:
                     self.problem(f"hooks.{key}", f"cannot load WebAssembly plugins: {e}")
             return {}
         memory = max_memory_mb * 1024 * 1024
-        loaders = {
+        loaders: dict[str, Callable[[str], Any]] = {
             "authenticate": lambda path: load_authenticate(path, Limits(authenticate_timeout_ms, memory)),
             "intercept": lambda path: load_intercept(path, Limits(timeout_ms, memory)),
         }

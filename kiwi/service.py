@@ -54,7 +54,7 @@ class KiwiService(MultiService):
         super().__init__()
         self.config = config
         self.plugins = PluginHost(config.hooks, reactor)
-        self.plugins.setServiceParent(self)
+        self.plugins.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.registry = Registry(config.subscriber, self.plugins.intercept, self.plugins.count_failure)
         sources = MultiService()
         sources.setName("sources")

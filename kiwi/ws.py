@@ -102,7 +102,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         if outcome == REJECT:
             self._log.warn("{conn_id} handshake from {peer} refused by the authenticate plugin",
                            conn_id=self.conn_id, peer=self.peer_address)
-            raise ConnectionDeny(401, "Unauthorized")
+            raise ConnectionDeny(401, "Unauthorized")  # type: ignore[no-untyped-call]
         if isinstance(outcome, WithContext):
             self.auth_context = outcome.context
 

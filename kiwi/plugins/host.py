@@ -90,7 +90,7 @@ class PluginHost(Service):
     # Service
 
     def startService(self) -> None:
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]
         self._start_ticker()
         if self.hooks.authenticator is not None:
             self.log.info("authenticate plugin: {plugin}", plugin=_describe(self.hooks.authenticator))
@@ -98,7 +98,7 @@ class PluginHost(Service):
             self.log.info("intercept plugin: {plugin}", plugin=_describe(self.hooks.interceptor))
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker = None

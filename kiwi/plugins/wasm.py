@@ -148,7 +148,6 @@ class _Budget:
 _budgets: weakref.WeakValueDictionary[int, _Budget] = weakref.WeakValueDictionary()
 
 
-@ctypes.CFUNCTYPE(c_size_t, c_void_p, c_void_p, ctypes.POINTER(c_uint64), ctypes.POINTER(ctypes.c_uint8))
 def _on_deadline(context: Any, data: Any, delta: Any, kind: Any) -> int:
     """
     wasmtime's epoch deadline callback: continue the call (setting the next
@@ -177,6 +176,11 @@ def _on_deadline(context: Any, data: Any, delta: Any, kind: Any) -> int:
     return address
 
 
+_ON_DEADLINE = ctypes.CFUNCTYPE(
+    c_size_t, c_void_p, c_void_p, ctypes.POINTER(c_uint64), ctypes.POINTER(ctypes.c_uint8)
+)(_on_deadline)
+
+
 def _watch_deadlines(store: wasmtime.Store, timeout_ms: int) -> _Budget:
     """
     Make C{store}'s epoch deadlines go through L{_on_deadline} with a
@@ -186,7 +190,7 @@ def _watch_deadlines(store: wasmtime.Store, timeout_ms: int) -> _Budget:
     budget = _Budget(timeout_ms)
     _budgets[id(budget)] = budget
     _set_deadline_callback(
-        ctypes.cast(store.ptr(), c_void_p).value, ctypes.cast(_on_deadline, c_void_p).value, id(budget), None
+        ctypes.cast(store.ptr(), c_void_p).value, ctypes.cast(_ON_DEADLINE, c_void_p).value, id(budget), None
     )
     return budget
 

@@ -779,3 +779,30 @@ class CommandReplyTests(SynchronousTestCase):
         """
         event = TransformCounter(9).apply(COUNTER)
         self.assertEqual(protocol.encode_result(event), protocol.encode_result(CounterEvent("ticks", 9)))
+
+
+class SocketAddressTests(SynchronousTestCase):
+    """
+    The peer address intercept plugins see as C{connection.addr}.
+    """
+
+    def test_socketAddress_forms(self) -> None:
+        """
+        IPv4 peers are C{ip:port}, IPv6 peers C{[ip]:port}, and peers
+        without an IP address (Unix sockets) have none.
+        """
+        from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+        from kiwi.ws import _socket_address
+
+        class Transport:
+            def __init__(self, peer: object) -> None:
+                self.peer = peer
+
+            def getPeer(self) -> object:
+                return self.peer
+
+        self.assertEqual(_socket_address(Transport(IPv4Address("TCP", "10.1.2.3", 5000))), "10.1.2.3:5000")
+        self.assertEqual(_socket_address(Transport(IPv6Address("TCP", "::1", 5000))), "[::1]:5000")
+        self.assertIsNone(_socket_address(Transport(UNIXAddress(b"/run/kiwi.sock"))))
+        self.assertIsNone(_socket_address(object()))

@@ -2,8 +2,8 @@
 Kiwi's root service: builds the service tree from a configuration.
 
 Children, in start order: C{plugins}, C{sources} (one child per source),
-then the C{listener}. Twisted stops children in reverse order, so clients are told
-to go away before the sources stop.
+then the C{listener}. Twisted stops children in reverse order, so clients
+are told to go away before the sources stop.
 """
 
 from __future__ import annotations

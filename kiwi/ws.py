@@ -100,8 +100,11 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             self._log.failure("{conn_id} failed authenticating", conn_id=self.conn_id)
             outcome = REJECT
         if outcome == REJECT:
-            self._log.warn("{conn_id} handshake from {peer} refused by the authenticate plugin",
-                           conn_id=self.conn_id, peer=self.peer_address)
+            self._log.warn(
+                "{conn_id} handshake from {peer} refused by the authenticate plugin",
+                conn_id=self.conn_id,
+                peer=self.peer_address,
+            )
             raise ConnectionDeny(401, "Unauthorized")  # type: ignore[no-untyped-call]
         if isinstance(outcome, WithContext):
             self.auth_context = outcome.context

@@ -806,3 +806,27 @@ class SocketAddressTests(SynchronousTestCase):
         self.assertEqual(_socket_address(Transport(IPv6Address("TCP", "::1", 5000))), "[::1]:5000")
         self.assertIsNone(_socket_address(Transport(UNIXAddress(b"/run/kiwi.sock"))))
         self.assertIsNone(_socket_address(object()))
+
+
+class ForeignImportsLogTests(SynchronousTestCase):
+    """
+    A core module that imports what only components get is loaded with a
+    warning.
+    """
+
+    def test_startService_warnsForeignImports(self) -> None:
+        """
+        Starting the plugins service names the imports that will trap.
+        """
+        from twisted.logger import LogLevel, capturedLogs
+
+        interceptor = FakeInterceptor({})
+        interceptor.foreign_imports = ["wasi:http/types@0.2.0#[resource-drop]fields"]  # type: ignore[attr-defined]
+        host = PluginHost(HooksConfig(interceptor=interceptor), Clock(), inline_runner)
+        host._start_ticker = lambda: None  # type: ignore[method-assign]
+        with capturedLogs() as events:
+            host.startService()
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertEqual(warnings[0]["imports"], "wasi:http/types@0.2.0#[resource-drop]fields")
+        self.successResultOf(host.stopService())

@@ -79,6 +79,9 @@ class PluginHost(Service):
         self.hooks = hooks
         self.intercept.swap(hooks.interceptor)
         self.authenticate.swap(hooks.authenticator)
+        for hook, plugin in (("authenticate", hooks.authenticator), ("intercept", hooks.interceptor)):
+            if plugin is not None:
+                self._warn_foreign_imports(hook, plugin)
         if self.running:
             self._start_ticker()
         self.log.info(
@@ -92,10 +95,10 @@ class PluginHost(Service):
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]
         self._start_ticker()
-        if self.hooks.authenticator is not None:
-            self.log.info("authenticate plugin: {plugin}", plugin=_describe(self.hooks.authenticator))
-        if self.hooks.interceptor is not None:
-            self.log.info("intercept plugin: {plugin}", plugin=_describe(self.hooks.interceptor))
+        for hook, plugin in (("authenticate", self.hooks.authenticator), ("intercept", self.hooks.interceptor)):
+            if plugin is not None:
+                self.log.info("{hook} plugin: {plugin}", hook=hook, plugin=_describe(plugin))
+                self._warn_foreign_imports(hook, plugin)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]
@@ -106,6 +109,17 @@ class PluginHost(Service):
         if pool is not None:
             pool.stop()
         return succeed(None)
+
+    def _warn_foreign_imports(self, hook: str, plugin: Any) -> None:
+        imports = getattr(plugin, "foreign_imports", ())
+        if imports:
+            self.log.warn(
+                "the {hook} plugin {plugin} imports functions Kiwi gives only to components; "
+                "calling them traps: {imports}",
+                hook=hook,
+                plugin=_describe(plugin),
+                imports=", ".join(imports),
+            )
 
     def _start_ticker(self) -> None:
         if self._ticker is not None or (self.hooks.interceptor is None and self.hooks.authenticator is None):

@@ -216,6 +216,32 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class HooksConfig:
+    """
+    WebAssembly plugins (see C{docs/plugins.md}).
+
+    @ivar authenticate: Absolute path of the authenticate plugin, if any.
+    @ivar intercept: Absolute path of the intercept plugin, if any.
+    @ivar timeout_ms: Time budget of one intercept call.
+    @ivar authenticate_timeout_ms: Time budget of one authenticate call
+        (runs off the reactor and may make HTTP requests).
+    @ivar max_memory_mb: Linear memory limit of each plugin instance.
+    @ivar authenticator: The loaded authenticate plugin (an
+        L{kiwi.plugins.IAuthenticator}); compiled while validating.
+    @ivar interceptor: The loaded intercept plugin (an
+        L{kiwi.plugins.IInterceptor}).
+    """
+
+    authenticate: str | None = None
+    intercept: str | None = None
+    timeout_ms: int = 10
+    authenticate_timeout_ms: int = 1000
+    max_memory_mb: int = 64
+    authenticator: Any = attrs.field(default=None, eq=False, repr=False)
+    interceptor: Any = attrs.field(default=None, eq=False, repr=False)
+
+
+@attrs.frozen
 class KiwiConfig:
     """
     A complete, validated configuration.
@@ -231,6 +257,7 @@ class KiwiConfig:
     reload: ReloadConfig = ReloadConfig()
     logging: LoggingConfig = LoggingConfig()
     auth: AuthConfig | None = None
+    hooks: HooksConfig = HooksConfig()
 
 
 def load_config(path: str, reactor: IReactorCore) -> KiwiConfig:
@@ -413,8 +440,7 @@ class _Reader:
         subscriber = (
             self.subscriber(top["subscriber"]) if top.get("subscriber") is not None else SubscriberConfig()
         )
-        if top.get("hooks") is not None:
-            self.hooks(top["hooks"])
+        hooks = self.hooks(top["hooks"], path) if top.get("hooks") is not None else HooksConfig()
         auth = self.auth(top["auth"]) if top.get("auth") is not None else None
         reload = self.reload(top["reload"]) if top.get("reload") is not None else ReloadConfig()
         logging = self.logging(top["logging"]) if top.get("logging") is not None else LoggingConfig()
@@ -429,6 +455,7 @@ class _Reader:
             reload=reload,
             logging=logging,
             auth=auth,
+            hooks=hooks,
         )
 
     def reload(self, value: object) -> ReloadConfig:
@@ -874,17 +901,78 @@ class _Reader:
             return None
         return config
 
-    def hooks(self, value: object) -> None:
-        section = self.mapping(value, "hooks", allowed=("authenticate", "intercept"))
+    def hooks(self, value: object, config_path: str) -> HooksConfig:
+        section = self.mapping(
+            value,
+            "hooks",
+            allowed=("authenticate", "intercept", "timeout_ms", "authenticate_timeout_ms", "max_memory_mb"),
+        )
         if section is None:
-            return
+            return HooksConfig()
+        defaults = HooksConfig()
+        problems_before = len(self.problems)
+        timeout_ms = self.integer(section, "hooks", "timeout_ms", defaults.timeout_ms, 1)
+        authenticate_timeout_ms = self.integer(
+            section, "hooks", "authenticate_timeout_ms", defaults.authenticate_timeout_ms, 1
+        )
+        max_memory_mb = self.integer(section, "hooks", "max_memory_mb", defaults.max_memory_mb, 1)
+        if isinstance(max_memory_mb, int) and max_memory_mb > 4096:
+            self.problem("hooks.max_memory_mb", f"expected at most 4096 (a 32-bit plugin's whole address space), got {max_memory_mb}")
+            max_memory_mb = defaults.max_memory_mb
+        limits_ok = len(self.problems) == problems_before
+        paths: dict[str, str | None] = {}
         for key in ("authenticate", "intercept"):
-            if section.get(key) is not None:
-                # TODO(#4): load WebAssembly plugins.
-                self.problem(
-                    f"hooks.{key}",
-                    "WebAssembly plugins are not supported by this version of Kiwi yet; remove the key",
-                )
+            raw = self.string(section, "hooks", key) if section.get(key) is not None else None
+            if raw is None:
+                paths[key] = None
+                continue
+            resolved = os.path.normpath(
+                os.path.join(os.path.dirname(os.path.abspath(config_path)), os.path.expanduser(raw))
+            )
+            if not os.path.isfile(resolved):
+                where = "" if os.path.isabs(raw) else " (relative paths are resolved against the configuration file's directory)"
+                self.problem(f"hooks.{key}", f"no such file: {resolved}{where}")
+                paths[key] = None
+            else:
+                paths[key] = resolved
+        plugins: dict[str, Any] = {}
+        if limits_ok and any(paths.values()):
+            plugins = self._load_plugins(paths, timeout_ms, authenticate_timeout_ms, max_memory_mb)
+        return HooksConfig(
+            authenticate=paths["authenticate"],
+            intercept=paths["intercept"],
+            timeout_ms=timeout_ms,
+            authenticate_timeout_ms=authenticate_timeout_ms,
+            max_memory_mb=max_memory_mb,
+            authenticator=plugins.get("authenticate"),
+            interceptor=plugins.get("intercept"),
+        )
+
+    def _load_plugins(
+        self, paths: Mapping[str, str | None], timeout_ms: int, authenticate_timeout_ms: int, max_memory_mb: int
+    ) -> dict[str, Any]:
+        try:
+            from kiwi.plugins import PluginLoadError
+            from kiwi.plugins.wasm import Limits, load_authenticate, load_intercept
+        except ImportError as e:
+            for key, path in paths.items():
+                if path is not None:
+                    self.problem(f"hooks.{key}", f"cannot load WebAssembly plugins: {e}")
+            return {}
+        memory = max_memory_mb * 1024 * 1024
+        loaders: dict[str, Callable[[str], Any]] = {
+            "authenticate": lambda path: load_authenticate(path, Limits(authenticate_timeout_ms, memory)),
+            "intercept": lambda path: load_intercept(path, Limits(timeout_ms, memory)),
+        }
+        plugins: dict[str, Any] = {}
+        for key, path in paths.items():
+            if path is None:
+                continue
+            try:
+                plugins[key] = loaders[key](path)
+            except PluginLoadError as e:
+                self.problem(f"hooks.{key}", str(e))
+        return plugins
 
 
 def _raw_source_id(item: object) -> object:

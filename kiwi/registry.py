@@ -3,12 +3,14 @@ The subscription registry: sources by id, who subscribes to what, fan-out.
 
 Fan-out encodes each event once and hands the same L{Frame} to every
 subscriber; no subscriber's slowness is waited on here (a connection only
-queues what it is given, see L{kiwi.ws}).
+queues what it is given, see L{kiwi.ws}). With an intercept plugin, each
+subscriber gets the plugin's decision: forwarded events still share one
+frame, transformed ones get a frame of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -21,6 +23,7 @@ from kiwi.errors import ClientError
 from kiwi.events import Event
 from kiwi.flow import PullFlow
 from kiwi.metrics import Stats
+from kiwi.plugins import Forward, IInterceptor, PluginError, PluginSlot, TransformCounter, TransformKafka
 from kiwi.protocol import Mode
 from kiwi.sources import IEventSink, ISource
 
@@ -49,6 +52,11 @@ class ISubscriber(Interface):
     """
 
     conn_id: str = Attribute("A short id for logs.")
+    auth_context: bytes | None = Attribute(
+        "Bytes attached by authentication (an authenticate plugin's with-context), passed to the "
+        "intercept plugin as auth; None when there are none."
+    )
+    plugin_addr: str | None = Attribute("The peer's address as ip:port, for the intercept plugin.")
 
     def send_frame(frame: Frame) -> None:
         """
@@ -78,9 +86,17 @@ class Registry:
 
     log = logger()
 
-    def __init__(self, subscriber_config: SubscriberConfig = SubscriberConfig(), stats: Stats | None = None) -> None:
+    def __init__(
+        self,
+        subscriber_config: SubscriberConfig = SubscriberConfig(),
+        stats: Stats | None = None,
+        intercept: PluginSlot[IInterceptor] | None = None,
+        count_failure: Callable[[str, str], int] | None = None,
+    ) -> None:
         self.subscriber_config = subscriber_config
         self.stats = stats if stats is not None else Stats()
+        self.intercept: PluginSlot[IInterceptor] = intercept if intercept is not None else PluginSlot()
+        self._count_failure = count_failure
         self._sources: dict[str, ISource] = {}
         self._by_source: dict[str, dict[ISubscriber, Subscription]] = {}
         self._by_subscriber: dict[ISubscriber, dict[str, Subscription]] = {}
@@ -211,6 +227,10 @@ class Registry:
         if not subscriptions:
             return
         targets = list(subscriptions.values())
+        interceptor = self.intercept.current
+        if interceptor is not None:
+            self._publish_intercepted(interceptor, source_id, targets, events)
+            return
         dropped = self.stats.dropped
         for event in events:
             frame = Frame(protocol.encode_result(event), source_id)
@@ -225,6 +245,63 @@ class Registry:
                     )
                     if reason is not None:
                         dropped[source_id, reason] += 1
+
+    def _publish_intercepted(
+        self, interceptor: IInterceptor, source_id: str, targets: list[Subscription], events: Sequence[Event]
+    ) -> None:
+        """
+        Deliver C{events} as the intercept plugin decides for each
+        subscriber. A failed call drops that one event for that subscriber.
+        """
+        for event in events:
+            shared: Frame | None = None
+            for subscription in targets:
+                subscriber = subscription.subscriber
+                try:
+                    action = interceptor.intercept(event, subscriber.auth_context, subscriber.plugin_addr)
+                    if isinstance(action, Forward):
+                        if shared is None:
+                            shared = Frame(protocol.encode_result(event), source_id)
+                        frame = shared
+                    elif isinstance(action, (TransformKafka, TransformCounter)):
+                        frame = Frame(protocol.encode_result(action.apply(event)), source_id)
+                    else:
+                        continue
+                except PluginError as e:
+                    self._intercept_failed(subscription, e.reason, e.message)
+                    continue
+                except Exception:
+                    self.log.failure(
+                        "{conn_id} intercepting an event of {source_id} failed",
+                        conn_id=subscriber.conn_id,
+                        source_id=source_id,
+                    )
+                    self._intercept_failed(subscription, "error", "unexpected error")
+                    continue
+                if subscription.pull is None:
+                    subscriber.send_frame(frame)
+                else:
+                    reason = subscription.pull.offer(frame, subscriber.send_frame, self._lag_notifier(subscription))
+                    if reason is not None:
+                        self.stats.dropped[source_id, reason] += 1
+
+    def _lag_notifier(self, subscription: Subscription) -> Callable[[int], None]:
+        return lambda count: self._notify_lag(subscription, count)
+
+    def _intercept_failed(self, subscription: Subscription, reason: str, message: str) -> None:
+        total = self._count_failure("intercept", reason) if self._count_failure is not None else 1
+        # Log the 1st, 2nd, 4th, 8th... failure: a plugin that fails on
+        # every event must not flood the log.
+        if total & (total - 1) == 0:
+            self.log.error(
+                "{conn_id} dropped an event of {source_id}: the intercept plugin failed ({reason}): {error} "
+                "({total} intercept failures so far)",
+                conn_id=subscription.subscriber.conn_id,
+                source_id=subscription.source_id,
+                reason=reason,
+                error=message,
+                total=total,
+            )
 
     def _notify_lag(self, subscription: Subscription, count: int) -> None:
         self.log.debug(

@@ -2,9 +2,10 @@
 Kiwi's root service: builds the service tree from a configuration and
 applies new configurations to it at run time.
 
-Children, in start order: C{sources} (one child per source), C{auth} (when
-JWT authentication is configured), then the C{listener}. Twisted stops children in reverse order, so clients are told
-to go away before the sources stop.
+Children, in start order: C{plugins}, C{sources} (one child per source),
+C{auth} (when JWT authentication is configured), then the C{listener}.
+Twisted stops children in reverse order, so clients are told to go away
+before the sources stop.
 
 Start-up and reload share one path: L{KiwiService.apply} compares the
 running configuration with the new one and adds, removes or re-creates
@@ -38,6 +39,7 @@ from kiwi.endpoints import ListenerService
 from kiwi.logs import logger
 from kiwi.metrics import Metrics, MetricsResource, Stats
 from kiwi.limits import ConnectionGuard
+from kiwi.plugins.host import PluginHost
 from kiwi.registry import Registry
 from kiwi.sources import IEventSink, ISource
 from kiwi.status import JsonResource, readiness
@@ -124,7 +126,9 @@ class KiwiService(MultiService):
         self._reactor = reactor
         self.config = config
         self.stats = Stats()
-        self.registry = Registry(config.subscriber, self.stats)
+        self.plugins = PluginHost(config.hooks, reactor)
+        self.plugins.setServiceParent(self)
+        self.registry = Registry(config.subscriber, self.stats, self.plugins.intercept, self.plugins.count_failure)
         self._sources = MultiService()
         self._sources.setName("sources")
         self._sources.setServiceParent(self)
@@ -133,7 +137,7 @@ class KiwiService(MultiService):
         self.authenticator = build_authenticator(config.auth, reactor)
         if IService.providedBy(self.authenticator):
             IService(self.authenticator).setServiceParent(self)
-        self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator)
+        self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator, self.plugins)
         self.metrics = Metrics(self.stats, self._live_metrics)
         site = self.site = build_site(self.factory, healthcheck=False)
         root = site.resource
@@ -197,6 +201,9 @@ class KiwiService(MultiService):
         problems = [f"{key}: changed, but needs a restart; keeping the old value" for key in needs_restart]
         if new.auth != old.auth:
             self._replace_authenticator(new)
+        # Always: a plugin file may have changed behind the same path. The
+        # new plugins were compiled and checked when the file was loaded.
+        self.plugins.apply(new.hooks)
         if new.server.tls != old.server.tls and new.server.tls is not None and self.listener.tls is not None:
             from kiwi.tls import load_server_options
 

@@ -23,7 +23,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.twisted.util import peer2str
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -40,6 +40,9 @@ from kiwi.errors import ClientError
 from kiwi.flow import Outbox
 from kiwi.limits import GuardedConnection, TokenBucket
 from kiwi.logs import logger
+from kiwi.plugins import REJECT, HttpRequest, WithContext
+from kiwi.plugins import IAuthenticator as IAuthenticatePlugin
+from kiwi.plugins.host import PluginHost
 from kiwi.protocol import Authenticate, ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
 from kiwi.registry import Frame, ISubscriber, Registry
 
@@ -94,6 +97,11 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     conn_id = "-"
     peer_address = "-"
     identity: Identity = OPEN
+    _plugin_context: bytes | None = None
+    plugin_addr: str | None = None
+    """
+    The peer as C{ip:port} (C{[ip]:port} for IPv6), for intercept calls.
+    """
     _outbox: Outbox[Frame] | None = None
     _slow_timer: IDelayedCall | None = None
     _expiry: IDelayedCall | None = None
@@ -103,21 +111,66 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     @property
     def auth_context(self) -> bytes | None:
         """
-        The token's claims as compact JSON, for plugins that get no context
-        from an authenticate plugin; C{None} without a token.
+        What intercept calls receive as C{auth}: the authenticate plugin's
+        C{with-context} bytes, or else the token's claims as compact JSON;
+        C{None} without either.
         """
+        if self._plugin_context is not None:
+            return self._plugin_context
         return self.identity.context
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def onConnect(self, request: ConnectionRequest) -> Deferred[None] | None:  # type: ignore[override]
         try:
             if self.conn_id == "-":
                 self.conn_id = next_conn_id()
             self.peer_address = request.peer
+            self.plugin_addr = _socket_address(self.transport)
             self._log.debug("{conn_id} handshake from {peer}", conn_id=self.conn_id, peer=request.peer)
+            plugins = self.factory.plugins
+            authenticator = plugins.authenticate.current if plugins is not None else None
         except Exception:
             self._log.failure("{conn_id} failed in the handshake", conn_id=self.conn_id)
             # Autobahn would put the exception's text in the status line.
             raise ConnectionDeny(ConnectionDeny.INTERNAL_SERVER_ERROR, "internal error") from None
+        if plugins is not None and authenticator is not None:
+            return Deferred.fromCoroutine(self._run_authenticate(plugins, authenticator, request))
+        return None
+    async def _run_authenticate(
+        self, plugins: PluginHost, authenticator: IAuthenticatePlugin, request: ConnectionRequest
+    ) -> None:
+        """
+        Let the authenticate plugin decide on this handshake; refuse it
+        with 401 unless the plugin lets the client in.
+        """
+        try:
+            outcome = await plugins.run_authenticate(authenticator, self._http_request(request), self.conn_id)
+        except Exception:
+            self._log.failure("{conn_id} failed authenticating", conn_id=self.conn_id)
+            outcome = REJECT
+        if outcome == REJECT:
+            self._log.warn(
+                "{conn_id} handshake from {peer} refused by the authenticate plugin",
+                conn_id=self.conn_id,
+                peer=self.peer_address,
+            )
+            raise ConnectionDeny(401, "Unauthorized")  # type: ignore[no-untyped-call]
+        if isinstance(outcome, WithContext):
+            self._plugin_context = outcome.context
+
+    def _http_request(self, request: ConnectionRequest) -> HttpRequest:
+        """
+        The handshake request as an authenticate plugin sees it.
+        """
+        headers = tuple((name, str(value).encode("utf-8")) for name, value in request.headers.items())
+        authority = request.headers.get("host")
+        secure = ISSLTransport.providedBy(self.transport)
+        return HttpRequest(
+            method="GET",
+            path_with_query=getattr(self, "http_request_uri", None) or request.path,
+            scheme=("https" if secure else "http") if authority else None,
+            authority=authority,
+            headers=headers,
+        )
 
     def onOpen(self) -> None:
         try:
@@ -431,6 +484,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         clock: IReactorTime | None = None,
         server_config: ServerConfig | None = None,
         authenticator: IAuthenticator | None = None,
+        plugins: PluginHost | None = None,
     ) -> None:
         # No url: Autobahn then checks no Host header port, which behind
         # proxies and with port 0 in tests would be wrong anyway.
@@ -444,6 +498,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         self.server_config: ServerConfig = server_config or ServerConfig(listen="")
         self.authenticator: IAuthenticator = authenticator or OpenAccess()
         self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), self.authenticator)
+        self.plugins = plugins
         self.connections: set[KiwiServerProtocol] = set()
         self.setProtocolOptions(webStatus=False)
         self.apply_config(server_config, registry.subscriber_config)
@@ -612,12 +667,32 @@ def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, A
         detail["subscribers"] = registry.subscriber_count(source.source_id)
         sources[source.source_id] = detail
     pending = sum(c.pending_bytes for c in factory.connections)
-    return {
+    result: dict[str, Any] = {
         "status": "ok",
         "connections": len(factory.connections),
         "pending_bytes": pending,
         "sources": sources,
     }
+    plugins = factory.plugins.status() if factory.plugins is not None else {}
+    if plugins:
+        result["plugins"] = plugins
+    return result
+
+
+def _socket_address(transport: Any) -> str | None:
+    """
+    The peer of C{transport} as C{ip:port} (C{[ip]:port} for IPv6), or
+    C{None} when it has no IP address (a Unix socket).
+    """
+    try:
+        peer = transport.getPeer()
+    except Exception:
+        return None
+    host = getattr(peer, "host", None)
+    port = getattr(peer, "port", None)
+    if not isinstance(host, str) or not isinstance(port, int):
+        return None
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def build_site(factory: KiwiServerFactory, healthcheck: bool) -> Site:

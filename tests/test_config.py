@@ -5,6 +5,7 @@ and reporting every problem at once with its key path.
 
 from __future__ import annotations
 
+import os
 import textwrap
 
 from twisted.internet.testing import MemoryReactor
@@ -491,7 +492,10 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
         self.assertLessEqual({"sources", "kafka", "server", "hooks", "subscriber"}, set(allowed["extra"]))
         self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic"])
         self.assertEqual(allowed["sources[1].step"], ["type", "id", "interval_ms", "min", "max", "lazy"])
-        self.assertEqual(allowed["hooks.on_connect"], ["authenticate", "intercept"])
+        self.assertEqual(
+            allowed["hooks.on_connect"],
+            ["authenticate", "intercept", "timeout_ms", "authenticate_timeout_ms", "max_memory_mb"],
+        )
         self.assertLessEqual({"address", "listen", "tls", "healthcheck"}, set(allowed["server.port"]))
         self.assertLessEqual(
             {"bootstrap_servers", "partition_discovery_enabled", "partition_discovery_interval_ms", "config"},
@@ -902,24 +906,27 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
         self.assertEqual(len(problems), 1)
         self.assertTrue(problems[0].startswith("server.listen: not a usable endpoint ('tcp:notaport'): "), problems)
 
-    def test_hooks_notSupported(self) -> None:
+    def test_hooks_missingFiles(self) -> None:
         """
-        WebAssembly hooks are refused as not supported yet.
+        Hook paths that name no file are refused, with the resolved path;
+        relative paths are resolved against the configuration file's
+        directory.
         """
+        problems = self.problems(
+            """\
+            sources: []
+            server: {listen: "tcp:0"}
+            hooks:
+              authenticate: auth.wasm
+              intercept: /nowhere/intercept.wasm
+            """
+        )
         self.assertEqual(
-            self.problems(
-                """\
-                sources: []
-                server: {listen: "tcp:0"}
-                hooks:
-                  authenticate: auth.wasm
-                  intercept: intercept.wasm
-                """
-            ),
+            problems,
             [
-                "hooks.authenticate: WebAssembly plugins are not supported by this version of Kiwi yet; "
-                "remove the key",
-                "hooks.intercept: WebAssembly plugins are not supported by this version of Kiwi yet; remove the key",
+                f"hooks.authenticate: no such file: {os.path.abspath('auth.wasm')} (relative paths are "
+                "resolved against the configuration file's directory)",
+                "hooks.intercept: no such file: /nowhere/intercept.wasm",
             ],
         )
 
@@ -945,7 +952,8 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
                 "sources[0].interval_ms: expected an integer >= 1, got 0 (int)",
                 "sources[1].topic: expected a non-empty string, got '' (str)",
                 "kafka: required because Kafka sources are configured (kafka.bootstrap_servers)",
-                "hooks.intercept: WebAssembly plugins are not supported by this version of Kiwi yet; remove the key",
+                "hooks.intercept: no such file: /etc/x.wasm (relative paths are resolved against the "
+                "configuration file's directory)",
             ],
         )
         self.assertEqual(

@@ -25,8 +25,10 @@ class FakeSubscriber:
     A connection that records the frames it is given.
     """
 
-    def __init__(self, conn_id: str) -> None:
+    def __init__(self, conn_id: str, auth_context: bytes | None = None, plugin_addr: str | None = None) -> None:
         self.conn_id = conn_id
+        self.auth_context = auth_context
+        self.plugin_addr = plugin_addr
         self.frames: list[Frame] = []
 
     def send_frame(self, frame: Frame) -> None:

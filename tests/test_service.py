@@ -56,6 +56,9 @@ class FakeSubscriber:
     A connection that records the messages it is sent.
     """
 
+    auth_context: bytes | None = None
+    plugin_addr: str | None = None
+
     def __init__(self, conn_id: str = "c1") -> None:
         self.conn_id = conn_id
         self.frames: list[Frame] = []

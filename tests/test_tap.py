@@ -140,14 +140,14 @@ class MakeServiceTests(TapTestMixin, SynchronousTestCase):
 
     def test_makeService_tree(self) -> None:
         """
-        The root is a L{KiwiService} with a C{sources} child holding one
-        service per source, then the C{listener}, last.
+        The root is a L{KiwiService} with a C{plugins} child, a C{sources}
+        child holding one service per source, then the C{listener}, last.
         """
         options = self.options("--config", self.write(GOOD_CONFIG))
         service = makeService(options, reactor=MemoryReactor())
         self.assertIsInstance(service, KiwiService)
         assert isinstance(service, KiwiService)
-        self.assertEqual([child.name for child in service], ["sources", "listener"])
+        self.assertEqual([child.name for child in service], ["plugins", "sources", "listener"])
         self.assertIs(service.getServiceNamed("listener"), service.listener)
         sources = service.getServiceNamed("sources")
         assert isinstance(sources, MultiService)

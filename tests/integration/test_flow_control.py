@@ -122,7 +122,9 @@ class SlowClientTests(IntegrationTestCase):
         """
         topic = await self.create_topic()
         config = self.kafka_config(topic)
-        budget = 64 * 1024
+        # Room for the reading test client to fall behind on a busy machine
+        # without losing events; the stalled one still overflows it.
+        budget = 1024 * 1024
         config["subscriber"] = {"max_pending_bytes": budget, "slow_client_timeout_s": 2}
         kiwi = await self.start_kiwi(config)
         await kiwi.wait_source_state(topic, "running")
@@ -156,9 +158,9 @@ class SlowClientTests(IntegrationTestCase):
         self.assertEqual(
             [r["offset"] for r in reader.results(topic)], list(range(count))
         )
-        # The stalled client's outbox never exceeds its budget (plus one
-        # reply or notice that is never dropped).
-        self.assertLessEqual(peak, budget + 1024)
+        # Neither outbox ever exceeds its budget (plus one reply or notice
+        # that is never dropped); two connections share the figure.
+        self.assertLessEqual(peak, 2 * (budget + 1024))
 
         async def stalled_gone() -> bool:
             health = await kiwi.health()

@@ -119,7 +119,7 @@ class Client:
     async def wait_for(
         self, predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition"
     ) -> Any:
-        return await wait_until(predicate, timeout, what=lambda: f"{what}; messages so far: {self.messages[-5:]!r}")
+        return await wait_until(predicate, timeout, what=lambda: f"{what}; {len(self.messages)} messages, the last: {self.messages[-3:]!r:.1500}")
 
     async def command(self, command: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         """

@@ -334,14 +334,28 @@ def chart(data: dict[str, Any], path: str) -> None:
             groups.append(f"{int(conns):,}x{rate}/s\n{pct}")
             for impl in IMPL_ORDER:
                 lat_series[impl].append(latency[key]["impls"].get(impl, {}).get(f"{pct}_ms"))
-    bars(axes[1], groups, lat_series, "ms, produce -> receive (median of runs)", "Latency percentiles (Kafka included)")
+    bars(axes[1], groups, lat_series, "ms, produce -> receive (median of runs, log scale)", "Latency percentiles (Kafka included)")
+    axes[1].set_yscale("log")
+    axes[1].set_ylim(bottom=1)
+    if groups:
+        axes[1].axhline(15, color="#c62828", linestyle=":", linewidth=1)
+        axes[1].axhline(40, color="#c62828", linestyle="--", linewidth=1)
+        axes[1].annotate("targets (1,000x20/s): p50 15 ms, p99 40 ms", (-0.45, 16), fontsize=7, color="#c62828", va="bottom")
 
     idle = summary.get("idle", {})
     keys = sorted(idle, key=int)
     idle_series = {impl: [idle[k]["impls"].get(impl, {}).get("per_conn_kib") for k in keys] for impl in IMPL_ORDER}
     bars(axes[2], [f"{int(k):,} connections" for k in keys], idle_series, "KiB of RSS per connection", "Idle subscribed connections")
     axes[2].axhline(12, color="#c62828", linestyle="--", linewidth=1)
-    axes[2].annotate("target 12 KiB", (0, 12), fontsize=7, color="#c62828", va="bottom")
+    axes[2].annotate("target 12 KiB", (-0.4, 12), fontsize=7, color="#c62828", va="bottom")
+    workers = summary.get("workers", {})
+    if workers.get("frames_per_s"):
+        fps = workers["frames_per_s"]
+        axes[0].set_title(
+            "Fan-out flood, one source\n(Kiwi workers 1 / 2, both cores: "
+            f"{_fmt(fps.get('1'))} / {_fmt(fps.get('2'))} frames/s)",
+            fontsize=10,
+        )
 
     meta = data["meta"]
     fig.suptitle(

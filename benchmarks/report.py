@@ -28,6 +28,17 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
+def _per_cpu(run: dict[str, Any]) -> float | None:
+    """
+    Delivered frames per second of server CPU time (older result files
+    lack the field; it is derived from the CPU seconds then).
+    """
+    value = run.get("frames_per_cpu_s")
+    if value is None and run.get("cpu", {}).get("server_s"):
+        value = round(run["delivered"] / run["cpu"]["server_s"], 1)
+    return value
+
+
 def _ok(run: dict[str, Any]) -> bool:
     return "error" not in run and "skipped" not in run
 
@@ -62,11 +73,14 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
             entry: dict[str, Any] = {"impls": {}, "vs": {}}
             for impl, reps in by_impl.items():
                 fps = {rep: r["frames_per_s"] for rep, r in reps.items()}
+                per_cpu = {rep: _per_cpu(r) for rep, r in reps.items()}
                 p50 = {rep: r["latency_ms"]["p50"] for rep, r in reps.items()}
                 p99 = {rep: r["latency_ms"]["p99"] for rep, r in reps.items()}
                 entry["impls"][impl] = {
                     "frames_per_s": _median(list(fps.values())),
                     "frames_per_s_reps": [fps[r] for r in sorted(fps)],
+                    "frames_per_cpu_s": _median(list(per_cpu.values())),
+                    "frames_per_cpu_s_reps": [per_cpu[r] for r in sorted(per_cpu)],
                     "p50_ms": _median(list(p50.values())),
                     "p99_ms": _median(list(p99.values())),
                     "p50_ms_reps": [p50[r] for r in sorted(p50)],
@@ -85,6 +99,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                     {k: v["frames_per_s"] for k, v in other.items()},
                     True,
                 )
+                cpu_ratio, cpu_reps = _ratios(
+                    {k: _per_cpu(v) for k, v in kiwi.items()},
+                    {k: _per_cpu(v) for k, v in other.items()},
+                    True,
+                )
                 p50_ratio, p50_reps = _ratios(
                     {k: v["latency_ms"]["p50"] for k, v in kiwi.items()},
                     {k: v["latency_ms"]["p50"] for k, v in other.items()},
@@ -98,6 +117,8 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 entry["vs"][base] = {
                     "frames_per_s": fps_ratio,
                     "frames_per_s_reps": fps_reps,
+                    "frames_per_cpu_s": cpu_ratio,
+                    "frames_per_cpu_s_reps": cpu_reps,
                     "p50": p50_ratio,
                     "p50_reps": p50_reps,
                     "p99": p99_ratio,
@@ -245,6 +266,7 @@ def table(data: dict[str, Any]) -> str:
 
     for key, entry in sorted(summary.get("flood", {}).items(), key=lambda kv: int(kv[0])):
         row(f"flood {int(key):,} clients, frames/s", entry, "frames_per_s", "frames_per_s", 0)
+        row(f"  frames per server CPU-second", entry, "frames_per_cpu_s", "frames_per_cpu_s", 0)
         row(f"  server CPU (1.0 = one core)", entry, "server_util", "-", 2)
         row(f"  load client CPU", entry, "client_util", "-", 2)
     for key, entry in summary.get("latency", {}).items():
@@ -301,7 +323,7 @@ def chart(data: dict[str, Any], path: str) -> None:
 
     summary = data["summary"]
     colors = {"kiwi": "#2e7d32", "websockets": "#1565c0", "autobahn": "#ef6c00", "kiwi-2w": "#66bb6a"}
-    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 5.4))
 
     def bars(ax: Any, groups: list[str], series: dict[str, list[float | None]], ylabel: str, title: str) -> None:
         width = 0.8 / max(1, len(series))
@@ -325,6 +347,12 @@ def chart(data: dict[str, Any], path: str) -> None:
     series = {impl: [flood[k]["impls"].get(impl, {}).get("frames_per_s") for k in keys] for impl in IMPL_ORDER}
     bars(axes[0], [f"{int(k):,} clients" for k in keys], series, "delivered frames/s (median)", "Fan-out flood, one source")
 
+    cpu_series = {impl: [flood[k]["impls"].get(impl, {}).get("frames_per_cpu_s") for k in keys] for impl in IMPL_ORDER}
+    bars(
+        axes[1], [f"{int(k):,} clients" for k in keys], cpu_series, "frames per second of server CPU (median)",
+        "Fan-out flood: work per CPU-second\n(robust to a busy machine)",
+    )
+
     latency = summary.get("latency", {})
     groups = []
     lat_series: dict[str, list[float | None]] = {impl: [] for impl in IMPL_ORDER}
@@ -334,20 +362,20 @@ def chart(data: dict[str, Any], path: str) -> None:
             groups.append(f"{int(conns):,}x{rate}/s\n{pct}")
             for impl in IMPL_ORDER:
                 lat_series[impl].append(latency[key]["impls"].get(impl, {}).get(f"{pct}_ms"))
-    bars(axes[1], groups, lat_series, "ms, produce -> receive (median of runs, log scale)", "Latency percentiles (Kafka included)")
-    axes[1].set_yscale("log")
-    axes[1].set_ylim(bottom=1)
+    bars(axes[2], groups, lat_series, "ms, produce -> receive (median of runs, log scale)", "Latency percentiles (Kafka included)")
+    axes[2].set_yscale("log")
+    axes[2].set_ylim(bottom=1)
     if groups:
-        axes[1].axhline(15, color="#c62828", linestyle=":", linewidth=1)
-        axes[1].axhline(40, color="#c62828", linestyle="--", linewidth=1)
-        axes[1].annotate("targets (1,000x20/s): p50 15 ms, p99 40 ms", (-0.45, 16), fontsize=7, color="#c62828", va="bottom")
+        axes[2].axhline(15, color="#c62828", linestyle=":", linewidth=1)
+        axes[2].axhline(40, color="#c62828", linestyle="--", linewidth=1)
+        axes[2].annotate("targets (1,000x20/s): p50 15 ms, p99 40 ms", (-0.45, 16), fontsize=7, color="#c62828", va="bottom")
 
     idle = summary.get("idle", {})
     keys = sorted(idle, key=int)
     idle_series = {impl: [idle[k]["impls"].get(impl, {}).get("per_conn_kib") for k in keys] for impl in IMPL_ORDER}
-    bars(axes[2], [f"{int(k):,} connections" for k in keys], idle_series, "KiB of RSS per connection", "Idle subscribed connections")
-    axes[2].axhline(12, color="#c62828", linestyle="--", linewidth=1)
-    axes[2].annotate("target 12 KiB", (-0.4, 12), fontsize=7, color="#c62828", va="bottom")
+    bars(axes[3], [f"{int(k):,} connections" for k in keys], idle_series, "KiB of RSS per connection", "Idle subscribed connections")
+    axes[3].axhline(12, color="#c62828", linestyle="--", linewidth=1)
+    axes[3].annotate("target 12 KiB", (-0.4, 12), fontsize=7, color="#c62828", va="bottom")
     workers = summary.get("workers", {})
     if workers.get("frames_per_s"):
         fps = workers["frames_per_s"]

@@ -77,15 +77,17 @@ def pin_prefix(cpus: Sequence[int] | None) -> list[str]:
 
 def pin_existing(pid: int, cpus: Sequence[int] | None) -> None:
     """
-    Move a running process and all its threads to C{cpus}.
+    Move a running process, its descendants (the C{noida-db} command is a
+    launcher whose child is the broker) and all their threads to C{cpus}.
     """
     if cpus and shutil.which("taskset") is not None:
-        subprocess.run(
-            ["taskset", "-a", "-p", "-c", ",".join(str(c) for c in cpus), str(pid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
+        for member in process_tree(pid):
+            subprocess.run(
+                ["taskset", "-a", "-p", "-c", ",".join(str(c) for c in cpus), str(member)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
 
 
 def _children(pid: int) -> list[int]:

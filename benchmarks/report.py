@@ -16,6 +16,7 @@ import os
 import shutil
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 IMPL_ORDER = ("kiwi", "websockets", "autobahn")
@@ -23,9 +24,9 @@ LABELS = {"kiwi": "Kiwi", "websockets": "websockets bridge", "autobahn": "naive 
 BASELINES = ("websockets", "autobahn")
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def _per_cpu(run: dict[str, Any]) -> float | None:
@@ -44,7 +45,7 @@ def _ok(run: dict[str, Any]) -> bool:
 
 
 def _ratios(
-    kiwi: dict[int, float], other: dict[int, float], kiwi_over_other: bool
+    kiwi: dict[int, float | None], other: dict[int, float | None], kiwi_over_other: bool
 ) -> tuple[float | None, list[float]]:
     per_rep = []
     for rep in sorted(set(kiwi) & set(other)):
@@ -129,20 +130,20 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     # Idle memory.
     idle: dict[str, Any] = {}
-    groups_idle: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    groups_idle: dict[str, dict[str, dict[int, float | None]]] = defaultdict(lambda: defaultdict(dict))
     for run in runs:
         if run.get("scenario") == "idle" and _ok(run) and "per_conn_kib" in run:
             groups_idle[str(run["conns"])][run["impl"]][run["rep"]] = run["per_conn_kib"]
-    for key, by_impl in groups_idle.items():
+    for key, idle_by_impl in groups_idle.items():
         entry = {"impls": {}, "vs": {}}
-        for impl, reps in by_impl.items():
+        for impl, kib in idle_by_impl.items():
             entry["impls"][impl] = {
-                "per_conn_kib": _median(list(reps.values())),
-                "per_conn_kib_reps": [reps[r] for r in sorted(reps)],
+                "per_conn_kib": _median(kib.values()),
+                "per_conn_kib_reps": [kib[r] for r in sorted(kib)],
             }
         for base in BASELINES:
-            if "kiwi" in by_impl and base in by_impl:
-                ratio, per_rep = _ratios(by_impl["kiwi"], by_impl[base], False)
+            if "kiwi" in idle_by_impl and base in idle_by_impl:
+                ratio, per_rep = _ratios(idle_by_impl["kiwi"], idle_by_impl[base], False)
                 entry["vs"][base] = {"per_conn_kib": ratio, "per_conn_kib_reps": per_rep}
         idle[key] = entry
     summary["idle"] = idle
@@ -152,7 +153,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if skipped:
         summary["workers"] = {"skipped": skipped[0]["skipped"]}
     else:
-        by_count: dict[int, dict[int, float]] = defaultdict(dict)
+        by_count: dict[int, dict[int, float | None]] = defaultdict(dict)
         for run in runs:
             if run.get("scenario") == "workers" and _ok(run):
                 by_count[run["workers"]][run["rep"]] = run["frames_per_s"]
@@ -287,9 +288,11 @@ def table(data: dict[str, Any]) -> str:
             )
     capacity = summary.get("capacity")
     if capacity:
+        per_frame = capacity.get("client_cpu_per_frame_us")
         lines.append(
-            f"{'load client vs trivial server':34} {_fmt(capacity['frames_per_s'])} frames/s "
-            f"(its ceiling; {_fmt(capacity.get('client_cpu_per_frame_us'), 2)} us CPU per frame)"
+            f"{'load client vs trivial server':34} {_fmt(capacity['frames_per_s'])} frames/s received "
+            f"(a lower bound: the trivial server shares the busy core); its CPU: {_fmt(per_frame, 2)} us per frame, "
+            f"so ~{_fmt(1e6 / per_frame if per_frame else None)} frames/s per core"
         )
     lines.append("")
     lines.append("Targets (issue 7)")

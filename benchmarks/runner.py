@@ -528,6 +528,19 @@ class Bench:
                 finally:
                     server.stop()
 
+    def guard(self, name: str, scenario: Callable[..., None], *args: Any) -> None:
+        """
+        Run one scenario; a failure is reported and recorded, and the run
+        goes on with the next one.
+        """
+        try:
+            scenario(*args)
+        except Exception as e:
+            import traceback
+
+            self.loud(f"{name} failed: {e}\n{traceback.format_exc()}")
+            self.runs.append({"scenario": name, "error": str(e)[-2000:]})
+
     def run(self) -> int:
         if self.client_cpus:
             # The runner (its producers' threads included) stays off the
@@ -542,17 +555,19 @@ class Bench:
             self.start_broker()
             self.say(f"broker at {self.bootstrap}; servers on CPUs {self.server_cpus}, clients on {self.client_cpus}")
             if "capacity" in self.args.scenarios:
-                self.capacity()
+                self.guard("capacity", self.capacity)
             impls = list(self.args.impls)
+            if not {"idle", "flood", "latency"} & set(self.args.scenarios):
+                impls = []
             for rep in range(1, self.profile.reps + 1):
                 order = impls[rep - 1 :] + impls[: rep - 1]  # rotate, so no one always goes first
                 for impl in order:
                     if self.over_budget():
                         self.note(f"time budget ({self.profile.budget_s:.0f}s) spent: {impl} repetition {rep} skipped")
                         continue
-                    self.main_block(impl, rep)
+                    self.guard(f"{impl} repetition {rep}", self.main_block, impl, rep)
             if "workers" in self.args.scenarios:
-                self.workers()
+                self.guard("workers", self.workers)
         finally:
             for producer in (self._flood_producer, self._paced_producer):
                 if producer is not None:

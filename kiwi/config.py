@@ -18,6 +18,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorCore
 
 from kiwi.errors import ConfigErrors
+from kiwi.events import PayloadFormat
+
+PAYLOAD_FORMATS: tuple[PayloadFormat, ...] = ("base64", "utf8", "json")
 
 DEFAULT_CONFIG_PATH = "/etc/kiwi/config/kiwi.yml"
 
@@ -42,11 +45,18 @@ class CounterSourceConfig:
 class KafkaSourceConfig:
     """
     A source that streams every partition of one Kafka topic.
+
+    @ivar format: How record payloads reach clients.
+    @ivar key_format: How record keys reach clients.
+    @ivar headers: Whether record headers are passed through.
     """
 
     id: str
     topic: str
     type: str = "kafka"
+    format: PayloadFormat = "base64"
+    key_format: PayloadFormat = "base64"
+    headers: bool = False
 
 
 SourceConfig = CounterSourceConfig | KafkaSourceConfig
@@ -77,12 +87,16 @@ class ServerConfig:
         (0: no pings).
     @ivar ping_timeout_s: Seconds a client has to answer a ping before it
         is considered gone and disconnected.
+    @ivar ui: Whether the live dashboard is served.
+    @ivar ui_path: Where the dashboard is served (an absolute path).
     """
 
     listen: str
     healthcheck: bool = True
     ping_interval_s: float = 30.0
     ping_timeout_s: float = 10.0
+    ui: bool = True
+    ui_path: str = "/"
 
 
 @attrs.frozen
@@ -100,12 +114,16 @@ class SubscriberConfig:
         C{docs/flow-control.md}).
     @ivar slow_client_timeout_s: How long a connection may stay over that
         budget before it is closed with 1008.
+    @ivar max_replay_events: The most past events one C{SUBSCRIBE} with
+        C{from} replays before it continues with the live stream (0: no
+        replay).
     """
 
     buffer_capacity: int | None = None
     lag_notice_threshold: int | None = None
     max_pending_bytes: int = 1024 * 1024
     slow_client_timeout_s: float = 30.0
+    max_replay_events: int = 100_000
 
 
 @attrs.frozen
@@ -263,6 +281,13 @@ class _Reader:
             )
         )
 
+    def choice(
+        self, section: Mapping[str, Any], key_path: str, key: str, choices: Sequence[str], default: str
+    ) -> Any:
+        return self.typed(
+            section, key_path, key, lambda v: v in choices, " or ".join(choices), default
+        )
+
     def optional_integer(
         self, section: Mapping[str, Any], key_path: str, key: str, minimum: int
     ) -> int | None:
@@ -303,7 +328,16 @@ class _Reader:
         section = self.mapping(
             value,
             "server",
-            allowed=("address", "listen", "tls", "healthcheck", "ping_interval_s", "ping_timeout_s"),
+            allowed=(
+                "address",
+                "listen",
+                "tls",
+                "healthcheck",
+                "ping_interval_s",
+                "ping_timeout_s",
+                "ui",
+                "ui_path",
+            ),
         )
         if section is None:
             return None
@@ -343,7 +377,20 @@ class _Reader:
             healthcheck=healthcheck,
             ping_interval_s=self.number(section, "server", "ping_interval_s", defaults.ping_interval_s, 0),
             ping_timeout_s=self.number(section, "server", "ping_timeout_s", defaults.ping_timeout_s, 0.1),
+            ui=self.boolean(section, "server", "ui", True),
+            ui_path=self.ui_path(section),
         )
+
+    def ui_path(self, section: Mapping[str, Any]) -> str:
+        path: object = self.string(section, "server", "ui_path", "/")
+        if not isinstance(path, str) or not path.startswith("/") or "//" in path or "?" in path or "#" in path:
+            self.problem("server.ui_path", f"expected an absolute path such as / or /dashboard, got {path!r}")
+            return "/"
+        reserved = ("/health", "/kiwi.js", "/ui")
+        if any(path.rstrip("/") == r or path.startswith(r + "/") for r in reserved):
+            self.problem("server.ui_path", f"{path!r} is used by Kiwi itself (/health, /kiwi.js, /ui/)")
+            return "/"
+        return path
 
     def tls(self, value: object, listen: str, key_path: str) -> str | None:
         section = self.mapping(value, "server.tls", allowed=("cert", "key"), required=("cert", "key"))
@@ -395,13 +442,23 @@ class _Reader:
             return None
         kind = value.get("type")
         if kind == "kafka":
-            section = self.mapping(value, key_path, allowed=("type", "id", "topic"), required=("topic",))
+            section = self.mapping(
+                value,
+                key_path,
+                allowed=("type", "id", "topic", "format", "key_format", "headers"),
+                required=("topic",),
+            )
             assert section is not None
             topic = self.string(section, key_path, "topic")
             source_id = self.string(section, key_path, "id", topic)
+            payload_format = self.choice(section, key_path, "format", PAYLOAD_FORMATS, "base64")
+            key_format = self.choice(section, key_path, "key_format", PAYLOAD_FORMATS, "base64")
+            headers = self.boolean(section, key_path, "headers", False)
             if topic is None or source_id is None:
                 return None
-            return KafkaSourceConfig(id=source_id, topic=topic)
+            return KafkaSourceConfig(
+                id=source_id, topic=topic, format=payload_format, key_format=key_format, headers=headers
+            )
         if kind == "counter":
             section = self.mapping(
                 value,
@@ -497,7 +554,13 @@ class _Reader:
         section = self.mapping(
             value,
             "subscriber",
-            allowed=("buffer_capacity", "lag_notice_threshold", "max_pending_bytes", "slow_client_timeout_s"),
+            allowed=(
+                "buffer_capacity",
+                "lag_notice_threshold",
+                "max_pending_bytes",
+                "slow_client_timeout_s",
+                "max_replay_events",
+            ),
         )
         if section is None:
             return SubscriberConfig()
@@ -510,6 +573,9 @@ class _Reader:
             ),
             slow_client_timeout_s=self.number(
                 section, "subscriber", "slow_client_timeout_s", defaults.slow_client_timeout_s, 0.1
+            ),
+            max_replay_events=self.integer(
+                section, "subscriber", "max_replay_events", defaults.max_replay_events, 0
             ),
         )
 

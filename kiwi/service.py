@@ -61,7 +61,7 @@ class KiwiService(MultiService):
             self.registry.add_source(source)
             IService(source).setServiceParent(sources)
         self.factory = KiwiServerFactory(self.registry, reactor, config.server)
-        site = build_site(self.factory, config.server.healthcheck)
+        site = build_site(self.factory, config.server.healthcheck, config.server.ui, config.server.ui_path)
         self.listener = ListenerService(reactor, config.server.listen, site, self.factory)
         # The listener goes last, so that it stops first.
         self.listener.setServiceParent(self)

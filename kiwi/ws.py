@@ -148,7 +148,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         registry = self.factory.registry
         try:
             if isinstance(command, Subscribe):
-                registry.subscribe(self, command.source_id, command.mode)
+                registry.subscribe(self, command.source_id, command.mode, command.start)
                 reply = protocol.subscribe_ok(command.source_id)
             elif isinstance(command, Unsubscribe):
                 registry.unsubscribe(self, command.source_id)
@@ -268,19 +268,23 @@ class KiwiServerFactory(WebSocketServerFactory):
 
 class _WebSocketEntry(Resource):
     """
-    C{/}: WebSocket upgrades go to Autobahn; anything else gets C{426}.
+    C{/}: WebSocket upgrades go to Autobahn; a plain C{GET} gets the
+    dashboard when it is served here, anything else C{426}.
     """
 
     isLeaf = True
 
-    def __init__(self, factory: KiwiServerFactory) -> None:
+    def __init__(self, factory: KiwiServerFactory, page: Resource | None = None) -> None:
         super().__init__()
         self._websocket = WebSocketResource(factory)
+        self._page = page
 
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade") or ""
         if upgrade.lower() == "websocket":
             return self._websocket.render(request)
+        if self._page is not None and request.method in (b"GET", b"HEAD"):
+            return self._page.render(request)
         request.setResponseCode(426, b"Upgrade Required")
         request.setHeader(b"upgrade", b"websocket")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -332,14 +336,20 @@ def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, A
     }
 
 
-def build_site(factory: KiwiServerFactory, healthcheck: bool) -> Site:
+def build_site(factory: KiwiServerFactory, healthcheck: bool, ui: bool = False, ui_path: str = "/") -> Site:
     """
-    The HTTP site that serves Kiwi on one port.
+    The HTTP site that serves Kiwi on one port: the WebSocket endpoint at
+    C{/}, C{/health}, C{/kiwi.js} and, with C{ui}, the dashboard at
+    C{ui_path} (see L{kiwi.dashboard}).
     """
+    from kiwi import dashboard
+
     root = Resource()
-    root.putChild(b"", _WebSocketEntry(factory))
+    page = dashboard.page() if ui else None
+    root.putChild(b"", _WebSocketEntry(factory, page if ui_path == "/" else None))
     if healthcheck:
         root.putChild(b"health", HealthResource(lambda: health_status(factory.registry, factory)))
+    dashboard.install(root, factory, ui, ui_path)
     site = _QuietSite(root)
     site.noisy = False
     return site

@@ -458,7 +458,7 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
         )
         allowed = _allowed_keys(problems)
         self.assertEqual(allowed["extra"], ["sources", "kafka", "server", "hooks", "subscriber"])
-        self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic"])
+        self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic", "format", "key_format", "headers"])
         self.assertEqual(allowed["sources[1].step"], ["type", "id", "interval_ms", "min", "max", "lazy"])
         self.assertEqual(allowed["hooks.on_connect"], ["authenticate", "intercept"])
         self.assertLessEqual({"address", "listen", "tls", "healthcheck"}, set(allowed["server.port"]))

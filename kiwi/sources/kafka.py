@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -28,6 +28,8 @@ from zope.interface import Interface, implementer
 
 from kiwi.config import KafkaConfig, KafkaSourceConfig
 from kiwi.events import KafkaEvent
+from kiwi.protocol import StartFrom
+from kiwi.replay import IReplayReader, IReplaySource, IReplayTarget, Replay
 from kiwi.sources import IEventSink, ISource
 
 T = TypeVar("T")
@@ -134,8 +136,34 @@ def consumer_settings(source: KafkaSourceConfig, kafka: KafkaConfig) -> dict[str
 def _default_consumer(source: KafkaSourceConfig, kafka: KafkaConfig) -> IKafkaConsumer:
     from kiwi.sources._confluent import ConfluentConsumer
 
-    consumer: IKafkaConsumer = ConfluentConsumer(source.id, source.topic, consumer_settings(source, kafka))
+    consumer: IKafkaConsumer = ConfluentConsumer(
+        source.id,
+        source.topic,
+        consumer_settings(source, kafka),
+        payload_format=source.format,
+        key_format=source.key_format,
+        headers=source.headers,
+    )
     return consumer
+
+
+def _default_replay_reader(source: KafkaSourceConfig, kafka: KafkaConfig) -> IReplayReader:
+    from kiwi.sources._confluent import ConfluentConsumer
+
+    settings = consumer_settings(source, kafka)
+    # Its own group: a replay must never disturb the live consumer.
+    settings["group.id"] = f"kiwi-{source.id}-replay-{uuid.uuid4().hex[:12]}"
+    # An offset that is no longer retained starts at the first one that is.
+    settings["auto.offset.reset"] = "earliest"
+    reader: IReplayReader = ConfluentConsumer(
+        source.id,
+        source.topic,
+        settings,
+        payload_format=source.format,
+        key_format=source.key_format,
+        headers=source.headers,
+    )
+    return reader
 
 
 class _Stopped(Exception):
@@ -144,13 +172,19 @@ class _Stopped(Exception):
     """
 
 
-@implementer(ISource)
+@implementer(ISource, IReplaySource)
 class KafkaSource(Service):
     """
     Streams one topic to the registry.
 
     @param run_in_thread: How to call into the consumer; by default, the
         source's own one-thread pool. Tests pass an inline runner.
+    @param replay_reader: Makes the consumer of one replay (see
+        L{kiwi.replay}); C{replay_run_in_thread} is how to call into it
+        (by default, a one-thread pool per replay).
+
+    @ivar positions: For each partition, the offset the live stream will
+        publish next.
     """
 
     log = logger()
@@ -166,6 +200,8 @@ class KafkaSource(Service):
         consumer: IKafkaConsumer | None = None,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         max_turn_bytes: int = MAX_TURN_BYTES,
+        replay_reader: Callable[[], IReplayReader] | None = None,
+        replay_run_in_thread: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self.config = config
         self.kafka = kafka
@@ -185,6 +221,11 @@ class KafkaSource(Service):
 
         self._run_in_thread = run_in_thread
         self._max_turn_bytes = max_turn_bytes
+        self._reactor = reactor
+        self._replay_reader = replay_reader or (lambda: _default_replay_reader(config, kafka))
+        self._replay_run_in_thread = replay_run_in_thread
+        self._replays: set[Replay] = set()
+        self.positions: dict[int, int] = {}
         self._run: Deferred[None] | None = None
         self._sleeping: Deferred[None] | None = None
         self._stopping = False
@@ -211,6 +252,9 @@ class KafkaSource(Service):
             self._sleeping.cancel()
         run = self._run if self._run is not None else succeed(None)
         self._run = None
+        replays = [replay.cancel() for replay in list(self._replays)]
+        if replays:
+            run = DeferredList([run, *replays]).addCallback(lambda _: None)
 
         def close(_: object) -> Deferred[Any]:
             return self._call(self._consumer.thd_close)
@@ -246,6 +290,45 @@ class KafkaSource(Service):
             "records": self.records_received,
             "error": self.last_error,
         }
+
+    # IReplaySource
+
+    def open_replay(self, start: StartFrom, target: IReplayTarget, max_events: int) -> Replay:
+        """
+        A replay of this topic for one subscription, with its own consumer
+        and thread; it begins in the next reactor turn.
+        """
+        run_in_thread = self._replay_run_in_thread
+        pool: ThreadPool | None = None
+        if run_in_thread is None:
+            pool = ThreadPool(minthreads=1, maxthreads=1, name=f"kiwi-replay-{self.source_id}")
+            pool.start()
+            threads: IReactorThreads = self._reactor
+            own_pool = pool
+
+            def run_in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+                return deferToThreadPool(threads, own_pool, f, *args)
+
+        def finished(replay: Replay) -> None:
+            self._replays.discard(replay)
+            if pool is not None:
+                # On the reactor thread, after the pool's last call returned.
+                pool.stop()
+
+        replay = Replay(
+            self.source_id,
+            start,
+            self._replay_reader(),
+            run_in_thread,
+            self._clock,
+            lambda: self.positions,
+            target,
+            max_events,
+            finished,
+        )
+        self._replays.add(replay)
+        self._clock.callLater(0, replay.begin)
+        return replay
 
     # The run loop
 
@@ -304,6 +387,7 @@ class KafkaSource(Service):
                 await self._sleep(RETRY_DELAY_S)
                 continue
             await self._call(self._consumer.thd_assign, offsets)
+            self.positions.update({p: offset for p, offset in offsets.items() if offset >= 0})
             self.partitions = partitions
             self._set_state("running")
             return
@@ -344,11 +428,20 @@ class KafkaSource(Service):
         for index, event in enumerate(events):
             size += len(event.key or b"") + len(event.payload or b"") + 64
             if size > self._max_turn_bytes and index > start:
-                self._sink.publish(self.source_id, events[start:index])
+                self._hand_over(events[start:index])
                 await deferLater(self._clock, 0, lambda: None)
                 start = index
                 size = len(event.key or b"") + len(event.payload or b"") + 64
-        self._sink.publish(self.source_id, events[start:])
+        self._hand_over(events[start:])
+
+    def _hand_over(self, events: list[KafkaEvent]) -> None:
+        """
+        Publish C{events}, keeping L{positions} in step with what was
+        published (replays switch over there).
+        """
+        for event in events:
+            self.positions[event.partition] = event.offset + 1
+        self._sink.publish(self.source_id, events)
 
     async def _discover_partitions(self) -> None:
         try:

@@ -103,6 +103,7 @@ class Subscription:
     offsets: dict[int, int] = attrs.Factory(dict)
     credits: int = 0
     received: int = 0
+    confirmed: bool = False
     waiters: list[Deferred[dict[str, Any]]] = attrs.Factory(list)
 
 
@@ -262,7 +263,7 @@ class KiwiClient:
         renew = list(self.subscriptions.values())
         self._set_state("open")
         for subscription in renew:
-            self._send_subscribe(subscription)
+            self._send_subscribe(subscription, renewal=subscription.confirmed)
         self._emit("open")
         waiters, self._open_waiters = self._open_waiters, []
         for waiter in waiters:
@@ -427,14 +428,15 @@ class KiwiClient:
             return subscription.start
         return {"offsets": {str(p): offset + 1 for p, offset in sorted(subscription.offsets.items())}}
 
-    def _send_subscribe(self, subscription: Subscription) -> None:
+    def _send_subscribe(self, subscription: Subscription, renewal: bool = False) -> None:
         command: dict[str, Any] = {"type": "SUBSCRIBE", "sourceId": subscription.source_id, "mode": subscription.mode}
         start = self.resume_from(subscription.source_id)
         if start is not None and start != "latest":
             command["from"] = start
 
         def ok(reply: dict[str, Any]) -> None:
-            if subscription.mode == "pull" and subscription.credits > 0:
+            subscription.confirmed = True
+            if renewal and subscription.mode == "pull" and subscription.credits > 0:
                 # Renew the credit the subscriber had not used yet (before
                 # the waiters run: what they request is sent by them).
                 self._command(

@@ -74,6 +74,7 @@ function renderSources(stats) {
       button.textContent = "watch";
       button.addEventListener("click", () => {
         select.value = source.id;
+        sourceChosen();
         watch();
       });
       row.querySelector(".action").append(button);
@@ -201,7 +202,7 @@ async function watch() {
   if (!sourceId) return;
   await unwatch();
   const mode = $("#mode").value;
-  const from = $("#from").value;
+  const from = $("#from").disabled ? "latest" : $("#from").value;
   state.watching = { sourceId, mode, from };
   state.received = 0;
   updateAddress();
@@ -218,6 +219,14 @@ async function watch() {
   }
 }
 
+function sourceChosen() {
+  // Only Kafka sources can start in the past.
+  const kafka = state.sources.get($("#source").value)?.type === "kafka";
+  $("#from").disabled = !kafka;
+  if (!kafka) $("#from").value = "latest";
+}
+
+$("#source").addEventListener("change", sourceChosen);
 $("#viewer").addEventListener("submit", (event) => {
   event.preventDefault();
   watch();
@@ -236,6 +245,7 @@ $("#clear").addEventListener("click", () => {
 // Start: the sources first, then the viewer the address asks for.
 await refresh();
 setInterval(refresh, STATS_INTERVAL_MS);
+sourceChosen();
 if (params.get("mode") === "pull") $("#mode").value = "pull";
 if (params.get("from") === "earliest") $("#from").value = "earliest";
 if (params.get("source")) {
@@ -246,6 +256,8 @@ if (params.get("source")) {
     $("#source").append(option);
   }
   $("#source").value = wanted;
+  sourceChosen();
+  if (params.get("from") === "earliest" && !$("#from").disabled) $("#from").value = "earliest";
   if (client.state === "open") watch();
   else {
     const off = client.on("open", () => {

@@ -164,7 +164,7 @@ export class KiwiClient {
       // subscription sent twice.
       const renew = [...this.subscriptions.values()];
       this.state = "open";
-      for (const subscription of renew) this._sendSubscribe(subscription);
+      for (const subscription of renew) this._sendSubscribe(subscription, subscription.confirmed);
       this._emit("state", "open");
       this._emit("open");
     };
@@ -271,7 +271,7 @@ export class KiwiClient {
    */
   subscribe(sourceId, { mode = "push", from = undefined } = {}) {
     if (this.subscriptions.has(sourceId)) return Promise.reject(new Error(`already subscribed to ${sourceId}`));
-    const subscription = { sourceId, mode, from, offsets: {}, credits: 0, received: 0, waiters: [] };
+    const subscription = { sourceId, mode, from, offsets: {}, credits: 0, received: 0, waiters: [], confirmed: false };
     this.subscriptions.set(sourceId, subscription);
     const result = new Promise((resolve, reject) => subscription.waiters.push({ resolve, reject }));
     if (this.state === "open") this._sendSubscribe(subscription);
@@ -287,14 +287,16 @@ export class KiwiClient {
     return { offsets: Object.fromEntries(partitions.map((p) => [p, subscription.offsets[p] + 1])) };
   }
 
-  _sendSubscribe(subscription) {
+  _sendSubscribe(subscription, renewal = false) {
+    const socket = this._socket;
     const command = { type: "SUBSCRIBE", sourceId: subscription.sourceId, mode: subscription.mode };
     const from = this.resumeFrom(subscription.sourceId);
     if (from !== undefined && from !== "latest") command.from = from;
     this._command(command).then(
       (reply) => {
+        subscription.confirmed = true;
         // Renew what the subscriber had asked for and not yet received.
-        if (subscription.mode === "pull" && subscription.credits > 0) {
+        if (renewal && this._socket === socket && subscription.mode === "pull" && subscription.credits > 0) {
           this._command({ type: "REQUEST", sourceId: subscription.sourceId, n: subscription.credits }).catch(() => {});
         }
         const waiters = subscription.waiters.splice(0);

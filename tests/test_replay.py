@@ -363,3 +363,60 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(self.target.emitted, [])
         self.clock.advance(RETRY_DELAY_S)
         self.assertEqual(self.target.emitted, [(0, 0), (0, 1)])
+
+
+class KafkaSourceReplayTests(SynchronousTestCase):
+    """
+    L{kiwi.sources.kafka.KafkaSource} as a replay source: live positions,
+    replays that begin after the reply, and stopping.
+    """
+
+    def setUp(self) -> None:
+        from kiwi.config import KafkaConfig, KafkaSourceConfig
+        from kiwi.sources.kafka import KafkaSource
+        from tests.test_kafka_source import FakeConsumer, FakeSink
+
+        self.clock = Clock()
+        self.consumer = FakeConsumer()
+        self.reader = FakeReader({0: 12, 1: 22})
+        self.source = KafkaSource(
+            KafkaSourceConfig(id="orders", topic="orders-topic"),
+            KafkaConfig(bootstrap_servers=("k:9092",)),
+            FakeSink(),
+            self.clock,
+            consumer=self.consumer,
+            run_in_thread=_inline,
+            replay_reader=lambda: self.reader,
+            replay_run_in_thread=_inline,
+        )
+
+    def test_positions_followAssignAndPublish(self) -> None:
+        """
+        The live positions start at the end offsets assigned and follow
+        every record published.
+        """
+        self.source.startService()
+        self.assertEqual(self.source.positions, {0: 10, 1: 20})
+        self.consumer.deliver(record(0, 10), record(1, 20), record(0, 11))
+        self.assertEqual(self.source.positions, {0: 12, 1: 21})
+        d = self.source.stopService()
+        self.consumer.deliver()
+        self.successResultOf(d)
+
+    def test_openReplay_beginsNextTurnStopCancels(self) -> None:
+        """
+        A replay begins in the next reactor turn; stopping the source
+        cancels it and waits for its consumer to close.
+        """
+        self.source.startService()
+        target = FakeTarget(credits=0)
+        replay = self.source.open_replay(StartFrom("earliest"), target, 100)
+        self.assertEqual(replay.state, "starting")
+        self.assertEqual(self.reader.calls, [])
+        self.clock.advance(0)
+        self.assertEqual(replay.state, "replaying")
+        d = self.source.stopService()
+        self.consumer.deliver()
+        self.successResultOf(d)
+        self.assertEqual(replay.state, "cancelled")
+        self.assertEqual(self.reader.calls[-1], "close")

@@ -74,7 +74,7 @@ def backoff_delay(
     return float(base * (1 - jitter * random()))
 
 
-def with_token(url: str, token: str | None, param: str = "token") -> str:
+def with_token(url: str, token: str | None, param: str = "access_token") -> str:
     """
     C{url} with the token as a query parameter (browsers cannot send
     headers with a WebSocket, so Kiwi's clients all pass it this way).
@@ -160,7 +160,7 @@ class KiwiClient:
         max_delay: float = 30.0,
         jitter: float = 0.5,
         random: Callable[[], float] = _random.random,
-        token_param: str = "token",
+        token_param: str = "access_token",
         tls_options: Any = None,
         open_timeout: float = 10.0,
     ) -> None:

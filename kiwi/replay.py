@@ -47,6 +47,12 @@ REPLAY_BATCH = 500
 The most past records one poll of a replay consumer brings back.
 """
 
+REPLAY_TURN = 50
+"""
+The most past records delivered in one reactor turn: between chunks the
+reactor serves the live stream and other connections.
+"""
+
 POLL_TIMEOUT_S = 0.1
 METADATA_TIMEOUT_S = 5.0
 RETRY_DELAY_S = 1.0
@@ -200,6 +206,9 @@ class Replay:
         """
         Start the replay (call after the C{SUBSCRIBE_OK} was sent).
         """
+        if self.state == "cancelled":
+            self._finished(self)
+            return
         self._run = Deferred.fromCoroutine(self._replay())
         self._run.addErrback(self._crashed)
 
@@ -398,7 +407,12 @@ class Replay:
             positions = await self._call(self._reader.thd_positions, sorted(self._pending))
             if self._stopping:
                 return
-            for event in batch.events:
+            for index, event in enumerate(batch.events):
+                if index and index % REPLAY_TURN == 0:
+                    # Let the reactor serve the live stream between chunks.
+                    await deferLater(self._clock, 0, lambda: None)
+                    if self._stopping:
+                        return
                 partition = event.partition
                 if partition not in self._pending or event.offset < self._next[partition]:
                     continue
@@ -407,6 +421,8 @@ class Replay:
                 self._next[partition] = event.offset + 1
                 self.delivered += 1
                 self._target.emit(event)
+            if self._pending is None or self.state != "replaying":
+                return
             self._settle(positions)
         if not self._stopping:
             self._finish(lag=False)

@@ -54,8 +54,8 @@ class HelperTests(SynchronousTestCase):
         The token is added (or replaced) as a query parameter.
         """
         self.assertEqual(with_token("ws://h:1/", None), "ws://h:1/")
-        self.assertEqual(with_token("ws://h:1/", "a b"), "ws://h:1/?token=a+b")
-        self.assertEqual(with_token("ws://h:1/?x=1&token=old", "new"), "ws://h:1/?x=1&token=new")
+        self.assertEqual(with_token("ws://h:1/", "a b"), "ws://h:1/?access_token=a+b")
+        self.assertEqual(with_token("ws://h:1/?x=1&access_token=old", "new"), "ws://h:1/?x=1&access_token=new")
         self.assertEqual(with_token("ws://h:1/", "t", "jwt"), "ws://h:1/?jwt=t")
 
     def test_decode_formats(self) -> None:

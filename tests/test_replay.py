@@ -334,6 +334,17 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(reader.calls[-1], "close")
         self.assertEqual(self.finished, [replay])
 
+    def test_cancel_beforeBegin(self) -> None:
+        """
+        A replay cancelled before it began never opens a consumer.
+        """
+        reader = FakeReader({0: 3})
+        replay = self.make(StartFrom("earliest"), reader, {0: 5})
+        self.successResultOf(replay.cancel())
+        replay.begin()
+        self.assertEqual(reader.calls, [])
+        self.assertEqual(self.finished, [replay])
+
     def test_brokerDown_retriesThenGivesUp(self) -> None:
         """
         An unreachable cluster is asked again a few times; then the replay

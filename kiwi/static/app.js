@@ -19,7 +19,7 @@ const state = {
   received: 0,
 };
 
-const client = new KiwiClient(wsUrl, { token: params.get("token") || undefined });
+const client = new KiwiClient(wsUrl, { token: params.get("access_token") || undefined });
 client.on("state", (value) => {
   const pill = $("#connection");
   pill.dataset.state = value;

@@ -88,14 +88,14 @@ export class KiwiClient {
   /**
    * @param {string} url  ws:// or wss:// URL of Kiwi's endpoint
    * @param {object} options
-   *   token: sent as the query parameter `tokenParam` (default "token")
+   *   token: sent as the query parameter `tokenParam` (default "access_token")
    *   WebSocket: the WebSocket class (default: globalThis.WebSocket)
    *   reconnect: reconnect after the connection drops (default true)
    *   minDelay, maxDelay, jitter: backoff in ms (500, 30000, 0.5)
    *   random, setTimeout, clearTimeout: for tests
    */
   constructor(url, options = {}) {
-    this.options = { reconnect: true, minDelay: 500, maxDelay: 30000, jitter: 0.5, tokenParam: "token", ...options };
+    this.options = { reconnect: true, minDelay: 500, maxDelay: 30000, jitter: 0.5, tokenParam: "access_token", ...options };
     this.url = url;
     this.state = "idle";
     this.attempt = 0;

@@ -81,7 +81,7 @@ test("backoffDelay grows exponentially up to the maximum, less jitter", () => {
 test("the token goes in the query string", () => {
   const { client, socket } = setup({ token: "a b&c" });
   client.connect();
-  assert.equal(socket().url, "ws://kiwi.test/?token=a+b%26c");
+  assert.equal(socket().url, "ws://kiwi.test/?access_token=a+b%26c");
 });
 
 test("subscribe resolves with SUBSCRIBE_OK and results reach the handler", async () => {

@@ -390,8 +390,9 @@ class KiwiClient:
 
         def unwrap(failure: Failure) -> dict[str, Any]:
             failure.trap(KiwiCommandError)
-            reply: dict[str, Any] = failure.value.reply
-            return reply
+            error = failure.value
+            assert isinstance(error, KiwiCommandError)
+            return error.reply
 
         return self._command(command).addErrback(unwrap)
 

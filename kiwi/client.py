@@ -125,7 +125,7 @@ class _Factory(WebSocketClientFactory):
     protocol = _Protocol
 
     def __init__(self, client: KiwiClient, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)
+        super().__init__(url, **kwargs)  # type: ignore[no-untyped-call]
         self.client = client
 
     def buildProtocol(self, addr: Any) -> _Protocol:
@@ -249,7 +249,8 @@ class KiwiClient:
     def _open(self) -> None:
         self._set_state("connecting")
         factory = _Factory(self, with_token(self.url, self._token, self._token_param), reactor=self._reactor)
-        factory.setProtocolOptions(autoPingInterval=0)
+        options: Any = factory.setProtocolOptions
+        options(autoPingInterval=0)
         connectWS(factory, contextFactory=self._tls_options, timeout=self._open_timeout)
 
     def _opened(self, connection: _Protocol) -> None:
@@ -379,7 +380,8 @@ class KiwiClient:
             return fail(ConnectionClosed("not connected"))
         d: Deferred[dict[str, Any]] = Deferred()
         self._pending.append(d)
-        self._connection.sendMessage(json.dumps(command).encode("utf-8"))
+        connection: Any = self._connection
+        connection.sendMessage(json.dumps(command).encode("utf-8"))
         return d
 
     def send_raw(self, command: dict[str, Any]) -> Deferred[dict[str, Any]]:
@@ -389,7 +391,7 @@ class KiwiClient:
         """
 
         def unwrap(failure: Failure) -> dict[str, Any]:
-            failure.trap(KiwiCommandError)
+            failure.trap(KiwiCommandError)  # type: ignore[no-untyped-call]
             error = failure.value
             assert isinstance(error, KiwiCommandError)
             return error.reply
@@ -448,7 +450,7 @@ class KiwiClient:
                 waiter.callback(reply)
 
         def refused(failure: Failure) -> None:
-            if failure.check(ConnectionClosed):
+            if failure.check(ConnectionClosed):  # type: ignore[no-untyped-call]
                 return  # renewed on reconnect
             if self.subscriptions.get(subscription.source_id) is subscription:
                 del self.subscriptions[subscription.source_id]

@@ -40,6 +40,20 @@ _TYPES = {
 _CSP = b"default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; frame-ancestors 'none'"
 
 
+def _set_headers(request: Any, headers: dict[bytes, bytes]) -> None:
+    # Twisted's Request.setHeader has no annotations.
+    for name, value in headers.items():
+        request.setHeader(name, value)
+
+
+def _resource() -> Resource:
+    resource: Resource = _Resource()
+    return resource
+
+
+_Resource: Any = Resource
+
+
 class StaticFile(Resource):
     """
     One file of C{kiwi/static/}, read on each request (they are small).
@@ -48,17 +62,22 @@ class StaticFile(Resource):
     isLeaf = True
 
     def __init__(self, name: str) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.path = os.path.join(STATIC, name)
         self._type = _TYPES[os.path.splitext(name)[1]]
 
     def render_GET(self, request: Request) -> bytes:
         with open(self.path, "rb") as f:
             body = f.read()
-        request.setHeader(b"content-type", self._type)
-        request.setHeader(b"cache-control", b"no-cache")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        request.setHeader(b"content-security-policy", _CSP)
+        _set_headers(
+            request,
+            {
+                b"content-type": self._type,
+                b"cache-control": b"no-cache",
+                b"x-content-type-options": b"nosniff",
+                b"content-security-policy": _CSP,
+            },
+        )
         return body
 
     def render_HEAD(self, request: Request) -> bytes:
@@ -74,12 +93,11 @@ class StatsResource(Resource):
     isLeaf = True
 
     def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self._stats = stats
 
     def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"content-type", b"application/json")
-        request.setHeader(b"cache-control", b"no-store")
+        _set_headers(request, {b"content-type": b"application/json", b"cache-control": b"no-store"})
         return json.dumps(self._stats(), separators=(",", ":")).encode("utf-8") + b"\n"
 
 
@@ -127,7 +145,7 @@ def install(root: Resource, factory: KiwiServerFactory, ui: bool, ui_path: str) 
     root.putChild(b"kiwi.js", StaticFile("kiwi.js"))
     if not ui:
         return
-    assets = Resource()
+    assets = _resource()
     assets.putChild(b"app.js", StaticFile("app.js"))
     assets.putChild(b"style.css", StaticFile("style.css"))
     assets.putChild(b"stats", StatsResource(lambda: stats(factory)))
@@ -137,7 +155,7 @@ def install(root: Resource, factory: KiwiServerFactory, ui: bool, ui_path: str) 
         return
     parent = root
     for segment in segments[:-1]:
-        child = Resource()
+        child = _resource()
         parent.putChild(segment, child)
         parent = child
     parent.putChild(segments[-1], page())

@@ -10,6 +10,7 @@ L{ensure_chromium}).
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -61,12 +62,20 @@ def ensure_chromium() -> str:
     found = chromium_path()
     if found:
         return found
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    for command in (sudo + ["apt-get", "update"], sudo + ["apt-get", "install", "-y", "chromium"]):
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    # Parallel trial workers must not run apt-get at the same time.
+    with open(os.path.join(tempfile.gettempdir(), "kiwi-test-chromium-install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        found = chromium_path()
+        if found:
+            return found
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        for command in (sudo + ["apt-get", "update"], sudo + ["apt-get", "install", "-y", "chromium"]):
+            result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+                )
     found = chromium_path()
     if not found:
         raise RuntimeError("apt-get installed chromium but no chromium binary is on PATH")

@@ -135,13 +135,15 @@ class ReplayTests(IntegrationTestCase):
         results: list[dict[str, Any]] = []
         client.on("result", results.append)
         await client.subscribe(topic, start={"offsets": {"0": 7, "2": 3}})
-        await wait_until(lambda: len(results) >= 10, 30, what="replayed records")
+        # Produced while the replay runs.
         await self.produce(topic, [(None, b"live0", 0), (None, b"live1", 1), (None, b"live2", 2)])
-        await wait_until(lambda: len(results) >= 13, 30, what="live records")
+        await wait_until(lambda: len(results) >= 13, 30, what="replayed and live records")
+        await self.produce(topic, [(None, b"later", 2)])
+        await wait_until(lambda: len(results) >= 14, 30, what="the record after the switch-over")
         grouped = by_partition(results)
         self.assertEqual(grouped[0], [7, 8, 9, 10])
         self.assertEqual(grouped[1], [10])
-        self.assertEqual(grouped[2], [3, 4, 5, 6, 7, 8, 9, 10])
+        self.assertEqual(grouped[2], [3, 4, 5, 6, 7, 8, 9, 10, 11])
 
     async def test_timestamp_firstRecordAtOrAfter(self) -> None:
         """
@@ -158,12 +160,12 @@ class ReplayTests(IntegrationTestCase):
         client.on("result", results.append)
         # Records 11 (partition 1, offset 5) onwards.
         await client.subscribe(topic, start={"timestamp": base + 10_500})
-        await wait_until(lambda: len(results) >= 9, 30, what="replayed records")
-        await self.produce(topic, [(None, b"live", 0)])
-        await wait_until(lambda: len(results) >= 10, 30, what="the live record")
+        # Produced while the replay runs.
+        await self.produce(topic, [(None, b"live", 0), (None, b"live", 1)])
+        await wait_until(lambda: len(results) >= 11, 30, what="replayed and live records")
         grouped = by_partition(results)
         self.assertEqual(grouped[0], [6, 7, 8, 9, 10])
-        self.assertEqual(grouped[1], [5, 6, 7, 8, 9])
+        self.assertEqual(grouped[1], [5, 6, 7, 8, 9, 10])
         self.assertTrue(all(r["timestamp"] >= base + 10_500 for r in results if r["payload"] != "bGl2ZQ=="))
 
     async def test_pull_honoursCredits(self) -> None:

@@ -117,6 +117,8 @@ class SubscriberConfig:
     @ivar max_replay_events: The most past events one C{SUBSCRIBE} with
         C{from} replays before it continues with the live stream (0: no
         replay).
+    @ivar max_concurrent_replays: How many replays of one source read at
+        once (each has its own Kafka consumer and thread); others wait.
     """
 
     buffer_capacity: int | None = None
@@ -124,6 +126,7 @@ class SubscriberConfig:
     max_pending_bytes: int = 1024 * 1024
     slow_client_timeout_s: float = 30.0
     max_replay_events: int = 100_000
+    max_concurrent_replays: int = 4
 
 
 @attrs.frozen
@@ -560,6 +563,7 @@ class _Reader:
                 "max_pending_bytes",
                 "slow_client_timeout_s",
                 "max_replay_events",
+                "max_concurrent_replays",
             ),
         )
         if section is None:
@@ -576,6 +580,9 @@ class _Reader:
             ),
             max_replay_events=self.integer(
                 section, "subscriber", "max_replay_events", defaults.max_replay_events, 0
+            ),
+            max_concurrent_replays=self.integer(
+                section, "subscriber", "max_concurrent_replays", defaults.max_concurrent_replays, 1
             ),
         )
 

@@ -35,7 +35,14 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
     # A reader at full speed must never see a whole turn's fan-out exceed
     # its outbox budget.
     turn_bytes = max(4096, kiwi.subscriber.max_pending_bytes // 4)
-    return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
+    return KafkaSource(
+        config,
+        kiwi.kafka,
+        sink,
+        reactor,
+        max_turn_bytes=turn_bytes,
+        max_concurrent_replays=kiwi.subscriber.max_concurrent_replays,
+    )
 
 
 class KiwiService(MultiService):

@@ -399,7 +399,30 @@ class KafkaSourceReplayTests(SynchronousTestCase):
             run_in_thread=_inline,
             replay_reader=lambda: self.reader,
             replay_run_in_thread=_inline,
+            max_concurrent_replays=1,
         )
+
+    def test_openReplay_waitsItsTurn(self) -> None:
+        """
+        Beyond max_concurrent_replays, a replay waits (holding live events
+        back) until a running one is over; a cancelled waiting one never
+        opens a consumer.
+        """
+        self.source.startService()
+        first = self.source.open_replay(StartFrom("earliest"), FakeTarget(credits=0), 100)
+        second = self.source.open_replay(StartFrom("earliest"), FakeTarget(), 100)
+        third = self.source.open_replay(StartFrom("earliest"), FakeTarget(), 100)
+        self.clock.advance(0)
+        self.assertEqual((first.state, second.state, third.state), ("replaying", "starting", "starting"))
+        self.assertFalse(second.admit(record(0, 10), "held"))
+        self.successResultOf(second.cancel())
+        opened = self.reader.calls.count("open")
+        self.successResultOf(first.cancel())
+        self.clock.advance(0)
+        self.clock.advance(0)
+        self.assertEqual(second.state, "cancelled")
+        self.assertEqual(third.state, "live")
+        self.assertEqual(self.reader.calls.count("open"), opened + 1)
 
     def test_positions_followAssignAndPublish(self) -> None:
         """

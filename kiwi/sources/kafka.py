@@ -14,6 +14,7 @@ produced to them is lost.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -166,6 +167,28 @@ def _default_replay_reader(source: KafkaSourceConfig, kafka: KafkaConfig) -> IRe
     return reader
 
 
+class _ReplayThread:
+    """
+    The one-thread pool of one replay, started on first use.
+    """
+
+    def __init__(self, reactor: IReactorThreads, name: str) -> None:
+        self._reactor = reactor
+        self._name = name
+        self._pool: ThreadPool | None = None
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name=self._name)
+            self._pool.start()
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
+
+
 class _Stopped(Exception):
     """
     The source is stopping; unwind the run loop.
@@ -182,6 +205,8 @@ class KafkaSource(Service):
     @param replay_reader: Makes the consumer of one replay (see
         L{kiwi.replay}); C{replay_run_in_thread} is how to call into it
         (by default, a one-thread pool per replay).
+    @param max_concurrent_replays: How many replays read at once; later
+        ones wait their turn (holding live events back meanwhile).
 
     @ivar positions: For each partition, the offset the live stream will
         publish next.
@@ -202,6 +227,7 @@ class KafkaSource(Service):
         max_turn_bytes: int = MAX_TURN_BYTES,
         replay_reader: Callable[[], IReplayReader] | None = None,
         replay_run_in_thread: Callable[..., Deferred[Any]] | None = None,
+        max_concurrent_replays: int = 4,
     ) -> None:
         self.config = config
         self.kafka = kafka
@@ -225,6 +251,9 @@ class KafkaSource(Service):
         self._replay_reader = replay_reader or (lambda: _default_replay_reader(config, kafka))
         self._replay_run_in_thread = replay_run_in_thread
         self._replays: set[Replay] = set()
+        self._running_replays: set[Replay] = set()
+        self._waiting_replays: deque[Replay] = deque()
+        self._max_concurrent_replays = max_concurrent_replays
         self.positions: dict[int, int] = {}
         self._run: Deferred[None] | None = None
         self._sleeping: Deferred[None] | None = None
@@ -298,22 +327,15 @@ class KafkaSource(Service):
         A replay of this topic for one subscription, with its own consumer
         and thread; it begins in the next reactor turn.
         """
-        run_in_thread = self._replay_run_in_thread
-        pool: ThreadPool | None = None
-        if run_in_thread is None:
-            pool = ThreadPool(minthreads=1, maxthreads=1, name=f"kiwi-replay-{self.source_id}")
-            pool.start()
-            threads: IReactorThreads = self._reactor
-            own_pool = pool
-
-            def run_in_thread(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
-                return deferToThreadPool(threads, own_pool, f, *args)
+        runner = _ReplayThread(self._reactor, f"kiwi-replay-{self.source_id}")
+        run_in_thread = self._replay_run_in_thread or runner
 
         def finished(replay: Replay) -> None:
             self._replays.discard(replay)
-            if pool is not None:
-                # On the reactor thread, after the pool's last call returned.
-                pool.stop()
+            self._running_replays.discard(replay)
+            # On the reactor thread, after the pool's last call returned.
+            runner.stop()
+            self._begin_replays()
 
         replay = Replay(
             self.source_id,
@@ -327,8 +349,19 @@ class KafkaSource(Service):
             finished,
         )
         self._replays.add(replay)
-        self._clock.callLater(0, replay.begin)
+        self._waiting_replays.append(replay)
+        self._begin_replays()
         return replay
+
+    def _begin_replays(self) -> None:
+        """
+        Begin waiting replays, in order, while fewer than
+        C{max_concurrent_replays} run.
+        """
+        while self._waiting_replays and len(self._running_replays) < self._max_concurrent_replays:
+            replay = self._waiting_replays.popleft()
+            self._running_replays.add(replay)
+            self._clock.callLater(0, replay.begin)
 
     # The run loop
 

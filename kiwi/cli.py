@@ -3,6 +3,7 @@ A console subscriber for trying Kiwi out:
 
     python -m kiwi.cli ws://127.0.0.1:8000/ prices counter
     python -m kiwi.cli ws://127.0.0.1:8000/ prices --pull 10
+    python -m kiwi.cli ws://127.0.0.1:8000/ prices --from earliest
 
 It subscribes to each source and prints every message from the server as
 one JSON line, with Kafka payloads decoded for reading.
@@ -36,6 +37,17 @@ def _readable(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _start(text: str) -> Any:
+    if text in ("earliest", "latest"):
+        return text
+    if text.isdigit():
+        return {"timestamp": int(text)}
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not earliest, latest, a timestamp or JSON: {text!r}") from None
+
+
 class _Printer(WebSocketClientProtocol):
     factory: "_PrinterFactory"
 
@@ -44,6 +56,8 @@ class _Printer(WebSocketClientProtocol):
             command: dict[str, Any] = {"type": "SUBSCRIBE", "sourceId": source_id}
             if self.factory.pull:
                 command["mode"] = "pull"
+            if self.factory.start is not None:
+                command["from"] = self.factory.start
             self.sendMessage(json.dumps(command).encode())
             if self.factory.pull:
                 request = {"type": "REQUEST", "sourceId": source_id, "n": self.factory.pull}
@@ -61,10 +75,11 @@ class _Printer(WebSocketClientProtocol):
 class _PrinterFactory(WebSocketClientFactory):
     protocol = _Printer
 
-    def __init__(self, url: str, sources: list[str], pull: int | None) -> None:
+    def __init__(self, url: str, sources: list[str], pull: int | None, start: Any = None) -> None:
         super().__init__(url)
         self.sources = sources
         self.pull = pull
+        self.start = start
         self.done: Deferred[None] = Deferred()
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
@@ -77,10 +92,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("url", help="for example ws://127.0.0.1:8000/")
     parser.add_argument("sources", nargs="+", help="source ids to subscribe to")
     parser.add_argument("--pull", type=int, metavar="N", help="subscribe in pull mode and request N events")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        type=_start,
+        metavar="WHERE",
+        help='Kafka sources: "earliest", "latest", a timestamp in ms, or JSON such as {"offsets":{"0":5}}',
+    )
     args = parser.parse_args(argv)
 
     def run(reactor: Any) -> Deferred[None]:
-        factory = _PrinterFactory(args.url, args.sources, args.pull)
+        factory = _PrinterFactory(args.url, args.sources, args.pull, args.start)
         connectWS(factory)
         return factory.done
 

@@ -213,6 +213,26 @@ class ReplayTests(IntegrationTestCase):
         await wait_until(lambda: len(results) >= 11, 30, what="the live record")
         self.assertEqual(by_partition(results)[0], list(range(10)) + [30])
 
+    async def test_concurrentReplays_takeTurns(self) -> None:
+        """
+        With max_concurrent_replays 1, three clients replaying at once each
+        get the whole history and then the live stream, exactly once.
+        """
+        topic, kiwi = await self._running_topic(2, max_concurrent_replays=1)
+        await self.produce(topic, [(None, f"h{i}".encode(), i % 2) for i in range(40)])
+        await self._records_seen(kiwi, topic, 40)
+        collected: list[list[dict[str, Any]]] = []
+        for _ in range(3):
+            client = await self.kiwi_client(kiwi.port)
+            results: list[dict[str, Any]] = []
+            client.on("result", results.append)
+            collected.append(results)
+            await client.subscribe(topic, start="earliest")
+        await self.produce(topic, [(None, b"live", 0), (None, b"live", 1)])
+        for results in collected:
+            await wait_until(lambda r=results: len(r) >= 42, 60, what="history and live records")
+            self.assertEqual(by_partition(results), {0: list(range(21)), 1: list(range(21))})
+
     async def test_badFrom_refused(self) -> None:
         """
         A malformed from, a from on a counter source, and offsets for a

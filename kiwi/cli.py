@@ -27,11 +27,13 @@ def _readable(message: dict[str, Any]) -> dict[str, Any]:
     if message.get("type") == "RESULT" and isinstance(data, dict) and data.get("sourceType") == "kafka":
         data = dict(data)
         for field in ("key", "payload"):
+            # Base64 (the default format, or a record that did not decode)
+            # is shown as text when it is UTF-8; text and JSON values that
+            # sources with format utf8 or json send are shown as they are.
             if isinstance(data.get(field), str):
-                raw = base64.b64decode(data[field])
                 try:
-                    data[field] = raw.decode("utf-8")
-                except UnicodeDecodeError:
+                    data[field] = base64.b64decode(data[field], validate=True).decode("utf-8")
+                except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
                     pass
         return {**message, "data": data}
     return message

@@ -223,11 +223,17 @@ class Replay:
             held = self._held.setdefault(partition, deque())
             held.append((event.offset, frame))
             self._held_count += 1
-            if self._held_count > self._max_events and not self._overflowed:
-                # Too much live traffic for a replay this slow: give up on
-                # the rest of the history rather than hold more.
-                self._overflowed = True
-                self._wake_up()
+            if self._held_count > self._max_events:
+                if not self._overflowed:
+                    # Too much live traffic for a replay this slow: give up
+                    # on the rest of the history rather than hold more.
+                    self._overflowed = True
+                    self._wake_up()
+                else:
+                    # Still waiting to begin: stay within the bound. What
+                    # is let go here is counted as skipped at the end.
+                    held.popleft()
+                    self._held_count -= 1
             return False
         if self._floor:
             floor = self._floor.get(partition)

@@ -304,6 +304,24 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(self.target.lags, [4])
         self.assertEqual(self.target.live, [("frame", 0, 5), ("frame", 0, 6), ("frame", 0, 7)])
 
+    def test_heldOverflow_boundedBeforeBegin(self) -> None:
+        """
+        A replay that has not begun yet (waiting its turn) holds at most
+        about max_events live events; when it begins it skips to the live
+        stream, counting what it let go as skipped.
+        """
+        reader = FakeReader({0: 5})
+        replay = self.make(StartFrom("earliest"), reader, {0: 5}, max_events=3)
+        for offset in range(5, 15):
+            self.assertFalse(self.live(replay, 0, offset))
+        self.assertLessEqual(len(replay._held[0]), 4)
+        replay.begin()
+        self.assertEqual(replay.state, "live")
+        self.assertEqual(self.target.emitted, [])
+        # History 0..4 and live 5..10 skipped; live 11..14 sent.
+        self.assertEqual(self.target.lags, [11])
+        self.assertEqual(self.target.live, [("frame", 0, offset) for offset in range(11, 15)])
+
     def test_positionPastGap_switches(self) -> None:
         """
         Offsets that hold no record (compaction, transaction markers) do not

@@ -148,6 +148,11 @@ class ConfluentConsumer:
             )
         except KafkaException as e:
             raise BrokerUnavailable(str(e.args[0].str() if e.args else e)) from None
+        for tp in found:
+            if tp.error is not None:
+                # An answer that is an error (a timed-out partition, a
+                # leader moving) is not "no such record": ask again.
+                raise BrokerUnavailable(f"partition {tp.partition}: {tp.error.str()}")
         return {tp.partition: tp.offset for tp in found}
 
     def thd_positions(self, partitions: list[int]) -> dict[int, int]:

@@ -89,6 +89,8 @@ def main() -> None:
             f"""
 Kiwi is running on ws://127.0.0.1:{KIWI_PORT}/  (health: http://127.0.0.1:{KIWI_PORT}/health)
 
+Dashboard: open http://127.0.0.1:{KIWI_PORT}/?source=prices in a browser.
+
 Sources: "counter" (one count a second) and "prices" (Kafka topic with price ticks).
 Try it, for example with Python:
 

@@ -4,6 +4,7 @@ A console subscriber for trying Kiwi out:
     python -m kiwi.cli ws://127.0.0.1:8000/ prices counter
     python -m kiwi.cli ws://127.0.0.1:8000/ prices --pull 10
     KIWI_TOKEN=eyJ... python -m kiwi.cli wss://kiwi.example:8443/ prices --ca ca.pem
+    python -m kiwi.cli ws://127.0.0.1:8000/ prices --from earliest
 
 It subscribes to each source and prints every message from the server as
 one JSON line, with Kafka payloads decoded for reading.
@@ -29,14 +30,27 @@ def _readable(message: dict[str, Any]) -> dict[str, Any]:
     if message.get("type") == "RESULT" and isinstance(data, dict) and data.get("sourceType") == "kafka":
         data = dict(data)
         for field in ("key", "payload"):
+            # Base64 (the default format, or a record that did not decode)
+            # is shown as text when it is UTF-8; text and JSON values that
+            # sources with format utf8 or json send are shown as they are.
             if isinstance(data.get(field), str):
-                raw = base64.b64decode(data[field])
                 try:
-                    data[field] = raw.decode("utf-8")
-                except UnicodeDecodeError:
+                    data[field] = base64.b64decode(data[field], validate=True).decode("utf-8")
+                except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
                     pass
         return {**message, "data": data}
     return message
+
+
+def _start(text: str) -> Any:
+    if text in ("earliest", "latest"):
+        return text
+    if text.isdigit():
+        return {"timestamp": int(text)}
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not earliest, latest, a timestamp or JSON: {text!r}") from None
 
 
 class _Printer(WebSocketClientProtocol):
@@ -47,6 +61,8 @@ class _Printer(WebSocketClientProtocol):
             command: dict[str, Any] = {"type": "SUBSCRIBE", "sourceId": source_id}
             if self.factory.pull:
                 command["mode"] = "pull"
+            if self.factory.start is not None:
+                command["from"] = self.factory.start
             self.sendMessage(json.dumps(command).encode())
             if self.factory.pull:
                 request = {"type": "REQUEST", "sourceId": source_id, "n": self.factory.pull}
@@ -64,10 +80,13 @@ class _Printer(WebSocketClientProtocol):
 class _PrinterFactory(WebSocketClientFactory):
     protocol = _Printer
 
-    def __init__(self, url: str, sources: list[str], pull: int | None, token: str | None = None) -> None:
+    def __init__(
+        self, url: str, sources: list[str], pull: int | None, token: str | None = None, start: Any = None
+    ) -> None:
         super().__init__(url, headers={"Authorization": f"Bearer {token}"} if token else {})  # type: ignore[no-untyped-call]
         self.sources = sources
         self.pull = pull
+        self.start = start
         self.done: Deferred[None] = Deferred()
 
     def clientConnectionFailed(self, connector: Any, reason: Any) -> None:
@@ -84,10 +103,17 @@ def main(argv: list[str] | None = None) -> None:
         "--token", default=os.environ.get("KIWI_TOKEN"), help="a JWT to send as bearer token (default: $KIWI_TOKEN)"
     )
     parser.add_argument("--ca", metavar="FILE", help="for wss://: trust this CA file instead of the system's")
+    parser.add_argument(
+        "--from",
+        dest="start",
+        type=_start,
+        metavar="WHERE",
+        help='Kafka sources: "earliest", "latest", a timestamp in ms, or JSON such as {"offsets":{"0":5}}',
+    )
     args = parser.parse_args(argv)
 
     def run(reactor: Any) -> Deferred[None]:
-        factory = _PrinterFactory(args.url, args.sources, args.pull, args.token)
+        factory = _PrinterFactory(args.url, args.sources, args.pull, args.token, args.start)
         tls = None
         if factory.isSecure:
             from twisted.internet.ssl import Certificate, optionsForClientTLS, platformTrust

@@ -21,6 +21,9 @@ from twisted.internet.interfaces import IReactorCore
 
 from kiwi.errors import ConfigErrors
 from kiwi.tls import TLSSettings
+from kiwi.events import PayloadFormat
+
+PAYLOAD_FORMATS: tuple[PayloadFormat, ...] = ("base64", "utf8", "json")
 
 DEFAULT_CONFIG_PATH = "/etc/kiwi/config/kiwi.yml"
 
@@ -45,11 +48,18 @@ class CounterSourceConfig:
 class KafkaSourceConfig:
     """
     A source that streams every partition of one Kafka topic.
+
+    @ivar format: How record payloads reach clients.
+    @ivar key_format: How record keys reach clients.
+    @ivar headers: Whether record headers are passed through.
     """
 
     id: str
     topic: str
     type: str = "kafka"
+    format: PayloadFormat = "base64"
+    key_format: PayloadFormat = "base64"
+    headers: bool = False
 
 
 SourceConfig = CounterSourceConfig | KafkaSourceConfig
@@ -99,6 +109,8 @@ class ServerConfig:
     @ivar max_command_burst: Commands a connection may send at once.
     @ivar handshake_timeout_s: Seconds a new connection has to complete its
         TLS and WebSocket (or HTTP) handshake.
+    @ivar ui: Whether the live dashboard is served.
+    @ivar ui_path: Where the dashboard is served (an absolute path).
     """
 
     listen: str
@@ -115,6 +127,8 @@ class ServerConfig:
     max_commands_per_s: float = 100.0
     max_command_burst: int = 200
     handshake_timeout_s: float = 10.0
+    ui: bool = True
+    ui_path: str = "/"
 
 
 @attrs.frozen
@@ -134,6 +148,11 @@ class SubscriberConfig:
         budget before it is closed with 1008.
     @ivar max_subscriptions: How many sources one connection may subscribe
         to at once.
+    @ivar max_replay_events: The most past events one C{SUBSCRIBE} with
+        C{from} replays before it continues with the live stream (0: no
+        replay).
+    @ivar max_concurrent_replays: How many replays of one source read at
+        once (each has its own Kafka consumer and thread); others wait.
     """
 
     buffer_capacity: int | None = None
@@ -141,6 +160,8 @@ class SubscriberConfig:
     max_pending_bytes: int = 1024 * 1024
     slow_client_timeout_s: float = 30.0
     max_subscriptions: int = 1000
+    max_replay_events: int = 100_000
+    max_concurrent_replays: int = 4
 
 
 @attrs.frozen
@@ -410,6 +431,13 @@ class _Reader:
             )
         )
 
+    def choice(
+        self, section: Mapping[str, Any], key_path: str, key: str, choices: Sequence[str], default: str
+    ) -> Any:
+        return self.typed(
+            section, key_path, key, lambda v: v in choices, " or ".join(choices), default
+        )
+
     def optional_integer(
         self, section: Mapping[str, Any], key_path: str, key: str, minimum: int
     ) -> int | None:
@@ -497,6 +525,8 @@ class _Reader:
                 "max_commands_per_s",
                 "max_command_burst",
                 "handshake_timeout_s",
+                "ui",
+                "ui_path",
             ),
         )
         if section is None:
@@ -559,6 +589,8 @@ class _Reader:
             ping_timeout_s=ping_timeout_s,
             shutdown_timeout_s=shutdown_timeout_s,
             workers=self.workers(section, listen, reactor),
+            ui=self.boolean(section, "server", "ui", True),
+            ui_path=self.ui_path(section),
         )
 
     def workers(self, section: Mapping[str, Any], listen: str, reactor: IReactorCore) -> int:
@@ -578,6 +610,17 @@ class _Reader:
             if problem is not None:
                 self.problem("server.workers", problem)
         return count
+
+    def ui_path(self, section: Mapping[str, Any]) -> str:
+        path: object = self.string(section, "server", "ui_path", "/")
+        if not isinstance(path, str) or not path.startswith("/") or "//" in path or "?" in path or "#" in path:
+            self.problem("server.ui_path", f"expected an absolute path such as / or /dashboard, got {path!r}")
+            return "/"
+        reserved = ("/health", "/kiwi.js", "/ui")
+        if any(path.rstrip("/") == r or path.startswith(r + "/") for r in reserved):
+            self.problem("server.ui_path", f"{path!r} is used by Kiwi itself (/health, /kiwi.js, /ui/)")
+            return "/"
+        return path
 
     def server_limits(self, section: Mapping[str, Any]) -> ServerConfig | None:
         """
@@ -678,13 +721,23 @@ class _Reader:
             return None
         kind = value.get("type")
         if kind == "kafka":
-            section = self.mapping(value, key_path, allowed=("type", "id", "topic"), required=("topic",))
+            section = self.mapping(
+                value,
+                key_path,
+                allowed=("type", "id", "topic", "format", "key_format", "headers"),
+                required=("topic",),
+            )
             assert section is not None
             topic = self.string(section, key_path, "topic")
             source_id = self.string(section, key_path, "id", topic)
+            payload_format = self.choice(section, key_path, "format", PAYLOAD_FORMATS, "base64")
+            key_format = self.choice(section, key_path, "key_format", PAYLOAD_FORMATS, "base64")
+            headers = self.boolean(section, key_path, "headers", False)
             if topic is None or source_id is None:
                 return None
-            return KafkaSourceConfig(id=source_id, topic=topic)
+            return KafkaSourceConfig(
+                id=source_id, topic=topic, format=payload_format, key_format=key_format, headers=headers
+            )
         if kind == "counter":
             section = self.mapping(
                 value,
@@ -786,6 +839,8 @@ class _Reader:
                 "max_pending_bytes",
                 "slow_client_timeout_s",
                 "max_subscriptions",
+                "max_replay_events",
+                "max_concurrent_replays",
             ),
         )
         if section is None:
@@ -802,6 +857,12 @@ class _Reader:
             ),
             max_subscriptions=self.integer(
                 section, "subscriber", "max_subscriptions", defaults.max_subscriptions, 1
+            ),
+            max_replay_events=self.integer(
+                section, "subscriber", "max_replay_events", defaults.max_replay_events, 0
+            ),
+            max_concurrent_replays=self.integer(
+                section, "subscriber", "max_concurrent_replays", defaults.max_concurrent_replays, 1
             ),
         )
 

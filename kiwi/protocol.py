@@ -18,7 +18,7 @@ from typing import Literal
 
 import attrs
 
-from kiwi.events import CounterEvent, Event, KafkaEvent
+from kiwi.events import CounterEvent, Event, Headers, KafkaEvent, PayloadFormat
 
 Mode = Literal["push", "pull"]
 
@@ -29,14 +29,52 @@ JavaScript client can represent exactly.
 """
 
 
+MAX_OFFSET = 2**63 - 1
+"""
+The largest Kafka offset or timestamp a C{from} may name.
+"""
+
+
+@attrs.frozen
+class StartFrom:
+    """
+    Where a subscription starts reading (our extension, C{from}).
+
+    @ivar kind: C{latest} (new events only, the default), C{earliest} (the
+        first retained record of every partition), C{timestamp} (the first
+        record at or after C{timestamp}, in every partition) or C{offsets}
+        (the given offset in each listed partition; unlisted partitions
+        start at the latest).
+    @ivar timestamp: Milliseconds since the epoch, for C{timestamp}.
+    @ivar offsets: C{(partition, offset)} pairs, for C{offsets}.
+    """
+
+    kind: Literal["latest", "earliest", "timestamp", "offsets"] = "latest"
+    timestamp: int | None = None
+    offsets: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def is_latest(self) -> bool:
+        """
+        Whether this is the default: no replay.
+        """
+        return self.kind == "latest"
+
+
+LATEST = StartFrom()
+
+
 @attrs.frozen
 class Subscribe:
     """
     Start receiving a source's events.
+
+    @ivar start: Where to start (C{from} on the wire).
     """
 
     source_id: str
     mode: Mode = "push"
+    start: StartFrom = LATEST
 
 
 @attrs.frozen
@@ -141,7 +179,7 @@ def parse_command(text: str) -> Command:
             mode = "push"
         if mode not in ("push", "pull"):
             raise ProtocolError(f"mode must be \"push\" or \"pull\", got {_short(mode)}", command_type, source_id)
-        return Subscribe(source_id, mode)
+        return Subscribe(source_id, mode, _parse_from(document.get("from"), source_id))
     if command_type == "UNSUBSCRIBE":
         return Unsubscribe(source_id)
     return Request(source_id, _parse_n(document, source_id))
@@ -173,6 +211,43 @@ def _parse_n(document: dict[str, object], source_id: str) -> int:
     return n
 
 
+_FROM_FORMS = 'from must be "latest", "earliest", {"timestamp": ms} or {"offsets": {"<partition>": offset}}'
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _parse_from(value: object, source_id: str) -> StartFrom:
+    def fail(message: str) -> ProtocolError:
+        return ProtocolError(message, "SUBSCRIBE", source_id)
+
+    if value is None or value == "latest":
+        return LATEST
+    if value == "earliest":
+        return StartFrom("earliest")
+    if not isinstance(value, dict) or len(value) != 1:
+        raise fail(f"{_FROM_FORMS}, got {_short(value)}")
+    if "timestamp" in value:
+        timestamp = value["timestamp"]
+        if not _is_integer(timestamp) or not 0 <= timestamp <= MAX_OFFSET:
+            raise fail(f"from.timestamp must be an integer >= 0 (milliseconds since the epoch), got {_short(timestamp)}")
+        return StartFrom("timestamp", timestamp=timestamp)
+    if "offsets" in value:
+        offsets = value["offsets"]
+        if not isinstance(offsets, dict) or not offsets:
+            raise fail(f"from.offsets must be a non-empty object of partition to offset, got {_short(offsets)}")
+        pairs = []
+        for partition, offset in offsets.items():
+            if not (partition.isascii() and partition.isdigit()) or len(partition) > 9:
+                raise fail(f"from.offsets keys must be partition numbers such as \"0\", got {_short(partition)}")
+            if not _is_integer(offset) or not 0 <= offset <= MAX_OFFSET:
+                raise fail(f"from.offsets[\"{int(partition)}\"] must be an integer >= 0, got {_short(offset)}")
+            pairs.append((int(partition), offset))
+        return StartFrom("offsets", offsets=tuple(sorted(pairs)))
+    raise fail(f"{_FROM_FORMS}, got {_short(value)}")
+
+
 def _short(value: object) -> str:
     text = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."
@@ -182,21 +257,65 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _render(data: bytes | None, form: PayloadFormat) -> tuple[object, bool]:
+    """
+    C{data} as C{form} asks: the value for the frame, and whether it had
+    to fall back to base64 because it does not decode.
+    """
+    if data is None or form == "base64":
+        return _b64(data), False
+    try:
+        text = data.decode("utf-8")
+        if form == "utf8":
+            return text, False
+        # NaN and Infinity are not JSON: a browser could not parse the frame.
+        return json.loads(text, parse_constant=_reject_constant), False
+    except (ValueError, RecursionError):
+        return _b64(data), True
+
+
+def _render_headers(headers: Headers, form: PayloadFormat) -> list[dict[str, object]]:
+    result: list[dict[str, object]] = []
+    for key, value in headers:
+        rendered, fallback = _render(value, "base64" if form == "base64" else "utf8")
+        item: dict[str, object] = {"key": key, "value": rendered}
+        if fallback:
+            item["valueEncoding"] = "base64"
+        result.append(item)
+    return result
+
+
 def encode_result(event: Event) -> bytes:
     """
     The C{RESULT} frame payload for one event.
+
+    Kafka keys and payloads are rendered as the event's source asks
+    (C{base64}, C{utf8} or C{json}); what does not decode falls back to
+    base64, flagged with C{keyEncoding} or C{payloadEncoding}.
     """
     data: dict[str, object]
     if isinstance(event, KafkaEvent):
+        key, key_fallback = _render(event.key, event.key_format)
+        payload, payload_fallback = _render(event.payload, event.payload_format)
         data = {
             "sourceType": "kafka",
             "sourceId": event.source_id,
-            "key": _b64(event.key),
-            "payload": _b64(event.payload),
+            "key": key,
+            "payload": payload,
             "partition": event.partition,
             "offset": event.offset,
             "timestamp": event.timestamp,
         }
+        if key_fallback:
+            data["keyEncoding"] = "base64"
+        if payload_fallback:
+            data["payloadEncoding"] = "base64"
+        if event.headers is not None:
+            data["headers"] = _render_headers(event.headers, event.payload_format)
     elif isinstance(event, CounterEvent):
         data = {"sourceType": "counter", "sourceId": event.source_id, "count": event.count}
     else:

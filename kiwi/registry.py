@@ -20,11 +20,12 @@ from zope.interface import Attribute, Interface, implementer
 from kiwi import protocol
 from kiwi.config import SubscriberConfig
 from kiwi.errors import ClientError
-from kiwi.events import Event
+from kiwi.events import Event, KafkaEvent
 from kiwi.flow import PullFlow
 from kiwi.metrics import Stats
 from kiwi.plugins import Forward, IInterceptor, PluginError, PluginSlot, TransformCounter, TransformKafka
-from kiwi.protocol import Mode
+from kiwi.protocol import LATEST, Mode, StartFrom
+from kiwi.replay import IReplaySource, IReplayTarget, Replay
 from kiwi.sources import IEventSink, ISource
 
 
@@ -70,12 +71,15 @@ class Subscription:
     One connection's subscription to one source.
 
     @ivar pull: Flow state for pull mode; C{None} in push mode.
+    @ivar replay: For a subscription that started in the past, its replay
+        (which also filters the live stream after the switch-over).
     """
 
     source_id: str
     mode: Mode
     subscriber: ISubscriber
     pull: PullFlow[Frame] | None = None
+    replay: Replay | None = None
 
 
 @implementer(IEventSink)
@@ -100,6 +104,8 @@ class Registry:
         self._sources: dict[str, ISource] = {}
         self._by_source: dict[str, dict[ISubscriber, Subscription]] = {}
         self._by_subscriber: dict[ISubscriber, dict[str, Subscription]] = {}
+        self.events_in: dict[str, int] = {}
+        self.events_out: dict[str, int] = {}
 
     # Sources
 
@@ -143,13 +149,15 @@ class Registry:
 
     # Commands
 
-    def subscribe(self, subscriber: ISubscriber, source_id: str, mode: Mode) -> None:
+    def subscribe(self, subscriber: ISubscriber, source_id: str, mode: Mode, start: StartFrom = LATEST) -> None:
         """
-        Subscribe C{subscriber} to a source.
+        Subscribe C{subscriber} to a source, from C{start} (a replay
+        begins in the next reactor turn, after the reply went out).
 
         @raise ClientError: if the source does not exist, has ended, the
-            subscriber is already subscribed to it, or has as many
-            subscriptions as C{max_subscriptions} allows.
+            subscriber is already subscribed to it, has as many
+            subscriptions as C{max_subscriptions} allows, or it cannot start
+            from C{start}.
         """
         source = self._sources.get(source_id)
         if source is None:
@@ -162,6 +170,8 @@ class Registry:
         limit = self.subscriber_config.max_subscriptions
         if len(mine) >= limit:
             raise ClientError(f"too many subscriptions (at most {limit} per connection)")
+        if not start.is_latest:
+            _check_replay(source, start, self.subscriber_config.max_replay_events)
         pull = None
         if mode == "pull":
             config = self.subscriber_config
@@ -169,6 +179,10 @@ class Registry:
         subscription = Subscription(source_id, mode, subscriber, pull)
         mine[source_id] = subscription
         self._by_source[source_id][subscriber] = subscription
+        if not start.is_latest:
+            subscription.replay = IReplaySource(source).open_replay(
+                start, _ReplayTarget(self, subscription), self.subscriber_config.max_replay_events
+            )
         source.subscriber_added()
 
     def unsubscribe(self, subscriber: ISubscriber, source_id: str) -> None:
@@ -181,6 +195,7 @@ class Registry:
         if subscription is None:
             raise ClientError("not subscribed to this source")
         self._by_source.get(source_id, {}).pop(subscriber, None)
+        _end(subscription)
 
     def request(self, subscriber: ISubscriber, source_id: str, n: int) -> int:
         """
@@ -194,7 +209,10 @@ class Registry:
             raise ClientError("not subscribed to this source")
         if subscription.pull is None:
             raise ClientError("subscription is in push mode; REQUEST applies to pull mode only")
-        return subscription.pull.request(n, subscriber.send_frame)
+        remaining = subscription.pull.request(n, lambda frame: self._send(subscription, frame))
+        if subscription.replay is not None:
+            subscription.replay.wake()
+        return remaining
 
     def subscriptions_of(self, subscriber: ISubscriber) -> list[str]:
         """
@@ -216,13 +234,15 @@ class Registry:
         """
         Forget every subscription of a connection that went away.
         """
-        for source_id in self._by_subscriber.pop(subscriber, {}):
+        for source_id, subscription in self._by_subscriber.pop(subscriber, {}).items():
             self._by_source.get(source_id, {}).pop(subscriber, None)
+            _end(subscription)
 
     # IEventSink
 
     def publish(self, source_id: str, events: Sequence[Event]) -> None:
         self.stats.received[source_id] += len(events)
+        self.events_in[source_id] = self.events_in.get(source_id, 0) + len(events)
         subscriptions = self._by_source.get(source_id)
         if not subscriptions:
             return
@@ -231,20 +251,36 @@ class Registry:
         if interceptor is not None:
             self._publish_intercepted(interceptor, source_id, targets, events)
             return
-        dropped = self.stats.dropped
         for event in events:
             frame = Frame(protocol.encode_result(event), source_id)
             for subscription in targets:
-                if subscription.pull is None:
-                    subscription.subscriber.send_frame(frame)
-                else:
-                    reason = subscription.pull.offer(
-                        frame,
-                        subscription.subscriber.send_frame,
-                        lambda count, s=subscription: self._notify_lag(s, count),
-                    )
-                    if reason is not None:
-                        dropped[source_id, reason] += 1
+                replay = subscription.replay
+                if replay is not None and isinstance(event, KafkaEvent) and not replay.admit(event, frame):
+                    continue
+                self._deliver(subscription, frame)
+
+    def _deliver(self, subscription: Subscription, frame: Frame) -> None:
+        """
+        Hand a live event to a subscription: sent now in push mode; spent,
+        buffered or dropped by the credit rules in pull mode.
+        """
+        if subscription.pull is None:
+            self._send(subscription, frame)
+        else:
+            reason = subscription.pull.offer(
+                frame,
+                lambda f: self._send(subscription, f),
+                lambda count: self._notify_lag(subscription, count),
+            )
+            if reason is not None:
+                self.stats.dropped[subscription.source_id, reason] += 1
+
+    def _send(self, subscription: Subscription, frame: Frame) -> None:
+        self.events_out[subscription.source_id] = self.events_out.get(subscription.source_id, 0) + 1
+        subscription.subscriber.send_frame(frame)
+
+    def _send_notice(self, subscription: Subscription, count: int) -> None:
+        subscription.subscriber.send_frame(Frame(protocol.lag_notice(subscription.source_id, count)))
 
     def _publish_intercepted(
         self, interceptor: IInterceptor, source_id: str, targets: list[Subscription], events: Sequence[Event]
@@ -278,12 +314,10 @@ class Registry:
                     )
                     self._intercept_failed(subscription, "error", "unexpected error")
                     continue
-                if subscription.pull is None:
-                    subscriber.send_frame(frame)
-                else:
-                    reason = subscription.pull.offer(frame, subscriber.send_frame, self._lag_notifier(subscription))
-                    if reason is not None:
-                        self.stats.dropped[source_id, reason] += 1
+                replay = subscription.replay
+                if replay is not None and isinstance(event, KafkaEvent) and not replay.admit(event, frame):
+                    continue
+                self._deliver(subscription, frame)
 
     def _lag_notifier(self, subscription: Subscription) -> Callable[[int], None]:
         return lambda count: self._notify_lag(subscription, count)
@@ -318,7 +352,62 @@ class Registry:
         if not subscriptions:
             return
         frame = Frame(protocol.subscription_closed(source_id, message))
-        for subscriber in list(subscriptions):
+        for subscriber, subscription in list(subscriptions.items()):
             self._by_subscriber.get(subscriber, {}).pop(source_id, None)
+            _end(subscription)
             subscriber.send_frame(frame)
         subscriptions.clear()
+
+
+def _end(subscription: Subscription) -> None:
+    if subscription.replay is not None:
+        subscription.replay.cancel()
+        subscription.replay = None
+
+
+def _check_replay(source: ISource, start: StartFrom, max_events: int) -> None:
+    """
+    @raise ClientError: if C{source} cannot start from C{start}.
+    """
+    if not IReplaySource.providedBy(source):
+        raise ClientError(f"from is supported for Kafka sources only; a {source.source_type} source starts at latest")
+    if max_events == 0:
+        raise ClientError("replay is disabled on this server (subscriber.max_replay_events is 0)")
+    known = IReplaySource(source).partitions
+    if start.kind == "offsets" and known:
+        unknown = sorted(p for p, _ in start.offsets if p not in known)
+        if unknown:
+            raise ClientError(f"from.offsets names partition {unknown[0]}, which the topic does not have")
+
+
+@implementer(IReplayTarget)
+class _ReplayTarget:
+    """
+    One subscription, as its replay sees it.
+    """
+
+    def __init__(self, registry: Registry, subscription: Subscription) -> None:
+        self._registry = registry
+        self._subscription = subscription
+
+    def emit(self, event: KafkaEvent) -> None:
+        subscription = self._subscription
+        if subscription.pull is not None:
+            subscription.pull.credits -= 1
+            subscription.pull.missed = 0
+        self._registry._send(subscription, Frame(protocol.encode_result(event), subscription.source_id))
+
+    def pass_live(self, frame: Any) -> None:
+        self._registry._deliver(self._subscription, frame)
+
+    def credit(self) -> int | None:
+        pull = self._subscription.pull
+        return None if pull is None else pull.credits
+
+    def busy(self) -> bool:
+        subscriber = self._subscription.subscriber
+        pending = getattr(subscriber, "pending_bytes", 0)
+        return bool(pending > self._registry.subscriber_config.max_pending_bytes // 2)
+
+    def lag(self, count: int) -> None:
+        self._registry._send_notice(self._subscription, count)

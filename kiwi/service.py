@@ -64,7 +64,14 @@ def build_source(config: SourceConfig, kiwi: KiwiConfig, sink: IEventSink, react
     # turn, and well within the outbox budget, so that a reader at full
     # speed keeps up with large batches.
     turn_bytes = max(4096, min(MAX_TURN_BYTES, kiwi.subscriber.max_pending_bytes // 4))
-    return KafkaSource(config, kiwi.kafka, sink, reactor, max_turn_bytes=turn_bytes)
+    return KafkaSource(
+        config,
+        kiwi.kafka,
+        sink,
+        reactor,
+        max_turn_bytes=turn_bytes,
+        max_concurrent_replays=kiwi.subscriber.max_concurrent_replays,
+    )
 
 
 def build_authenticator(config: AuthConfig | None, reactor: Any) -> IAuthenticator:
@@ -139,7 +146,7 @@ class KiwiService(MultiService):
             IService(self.authenticator).setServiceParent(self)
         self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator, self.plugins)
         self.metrics = Metrics(self.stats, self._live_metrics)
-        site = self.site = build_site(self.factory, healthcheck=False)
+        site = self.site = build_site(self.factory, False, config.server.ui, config.server.ui_path)
         root = site.resource
         health: Resource = JsonResource(self._health)
         metrics: Resource = MetricsResource(self.metrics)

@@ -279,7 +279,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             if isinstance(command, Subscribe):
                 if not self.identity.allows(command.source_id):
                     raise ClientError("not authorized to subscribe to this source")
-                registry.subscribe(self, command.source_id, command.mode)
+                registry.subscribe(self, command.source_id, command.mode, command.start)
                 reply = protocol.subscribe_ok(command.source_id)
             elif isinstance(command, Unsubscribe):
                 registry.unsubscribe(self, command.source_id)
@@ -556,15 +556,17 @@ class KiwiServerFactory(WebSocketServerFactory):
 class _WebSocketEntry(Resource):
     """
     C{/}: WebSocket upgrades pass the origin and token checks and go to
-    Autobahn; anything else gets C{426}.
+    Autobahn; a plain C{GET} gets the dashboard when it is served here,
+    anything else C{426}.
     """
 
     isLeaf = True
     _log = logger()
 
-    def __init__(self, factory: KiwiServerFactory) -> None:
+    def __init__(self, factory: KiwiServerFactory, page: Resource | None = None) -> None:
         super().__init__()
         self._factory = factory
+        self._page = page
 
     def render(self, request: Request) -> Any:
         upgrade = request.getHeader("upgrade") or ""
@@ -575,6 +577,8 @@ class _WebSocketEntry(Resource):
             d.addCallback(self._upgrade, request, conn_id)
             d.addErrback(self._failed, request, conn_id)
             return NOT_DONE_YET
+        if self._page is not None and request.method in (b"GET", b"HEAD"):
+            return self._page.render(request)
         request.setResponseCode(426, b"Upgrade Required")
         request.setHeader(b"upgrade", b"websocket")
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -695,14 +699,20 @@ def _socket_address(transport: Any) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def build_site(factory: KiwiServerFactory, healthcheck: bool) -> Site:
+def build_site(factory: KiwiServerFactory, healthcheck: bool, ui: bool = False, ui_path: str = "/") -> Site:
     """
-    The HTTP site that serves Kiwi on one port.
+    The HTTP site that serves Kiwi on one port: the WebSocket endpoint at
+    C{/}, C{/health}, C{/kiwi.js} and, with C{ui}, the dashboard at
+    C{ui_path} (see L{kiwi.dashboard}).
     """
+    from kiwi import dashboard
+
     root = Resource()
-    root.putChild(b"", _WebSocketEntry(factory))
+    page = dashboard.page() if ui else None
+    root.putChild(b"", _WebSocketEntry(factory, page if ui_path == "/" else None))
     if healthcheck:
         root.putChild(b"health", HealthResource(lambda: health_status(factory.registry, factory)))
+    dashboard.install(root, factory, ui, ui_path)
     # The site's idle timeouts run on the same clock as everything else.
     site = _QuietSite(root, reactor=factory.clock)
     site.noisy = False

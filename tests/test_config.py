@@ -490,7 +490,7 @@ class ConfigErrorsTests(ConfigTestMixin, SynchronousTestCase):
         )
         allowed = _allowed_keys(problems)
         self.assertLessEqual({"sources", "kafka", "server", "hooks", "subscriber"}, set(allowed["extra"]))
-        self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic"])
+        self.assertEqual(allowed["sources[0].partitions"], ["type", "id", "topic", "format", "key_format", "headers"])
         self.assertEqual(allowed["sources[1].step"], ["type", "id", "interval_ms", "min", "max", "lazy"])
         self.assertEqual(
             allowed["hooks.on_connect"],
@@ -1034,3 +1034,89 @@ class LibrdkafkaValidationTests(SynchronousTestCase):
         [problem] = raised.exception.problems
         self.assertTrue(problem.startswith("kafka.config: librdkafka refuses"), problem)
         self.assertIn("no.such.property", problem)
+
+
+class ClientFeatureConfigTests(ConfigTestMixin, SynchronousTestCase):
+    """
+    The keys of the clients issue: payload formats, headers, the dashboard
+    and replay bounds.
+    """
+
+    def test_formats_defaultsAndValues(self) -> None:
+        """
+        Kafka sources default to base64 keys and payloads without headers;
+        format, key_format and headers take base64, utf8 or json and a
+        boolean; the dashboard is on at /; replay is bounded at 100000.
+        """
+        config = self.parse(
+            """\
+            sources:
+              - {type: kafka, topic: a}
+              - {type: kafka, topic: b, format: json, key_format: utf8, headers: true}
+            kafka: {bootstrap_servers: "k:9092"}
+            server: {address: ":8000"}
+            subscriber: {max_replay_events: 0}
+            """
+        )
+        self.assertEqual(config.sources[0], KafkaSourceConfig(id="a", topic="a"))
+        self.assertEqual(
+            config.sources[1],
+            KafkaSourceConfig(id="b", topic="b", format="json", key_format="utf8", headers=True),
+        )
+        self.assertTrue(config.server.ui)
+        self.assertEqual(config.server.ui_path, "/")
+        self.assertEqual(config.subscriber.max_replay_events, 0)
+        self.assertEqual(SubscriberConfig().max_replay_events, 100_000)
+
+    def test_formats_badValues(self) -> None:
+        """
+        Unknown formats, a non-boolean headers, a bad ui, ui_path and
+        max_replay_events are each reported with their key path.
+        """
+        problems = self.problems(
+            """\
+            sources:
+              - {type: kafka, topic: b, format: xml, key_format: 7, headers: "yes"}
+            kafka: {bootstrap_servers: "k:9092"}
+            server: {address: ":8000", ui: "on", ui_path: "dashboard"}
+            subscriber: {max_replay_events: -1}
+            """
+        )
+        self.assertEqual(
+            sorted(problems),
+            [
+                "server.ui: expected true or false, got 'on' (str)",
+                "server.ui_path: expected an absolute path such as / or /dashboard, got 'dashboard'",
+                "sources[0].format: expected base64 or utf8 or json, got 'xml' (str)",
+                "sources[0].headers: expected true or false, got 'yes' (str)",
+                "sources[0].key_format: expected base64 or utf8 or json, got 7 (int)",
+                "subscriber.max_replay_events: expected an integer >= 0, got -1 (int)",
+            ],
+        )
+
+    def test_uiPath_reserved(self) -> None:
+        """
+        The dashboard cannot take a path Kiwi itself serves.
+        """
+        for path in ("/health", "/kiwi.js", "/ui", "/ui/x"):
+            problems = self.problems(
+                f"""\
+                sources: []
+                server: {{address: ":8000", ui_path: "{path}"}}
+                """
+            )
+            self.assertEqual(len(problems), 1, problems)
+            self.assertTrue(problems[0].startswith("server.ui_path: "), problems)
+
+    def test_uiPath_nested(self) -> None:
+        """
+        Any other absolute path is accepted, and ui can be turned off.
+        """
+        config = self.parse(
+            """\
+            sources: []
+            server: {address: ":8000", ui: false, ui_path: /ops/kiwi}
+            """
+        )
+        self.assertFalse(config.server.ui)
+        self.assertEqual(config.server.ui_path, "/ops/kiwi")

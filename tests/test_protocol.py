@@ -5,6 +5,7 @@ bytes of every frame Kiwi sends.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -515,3 +516,156 @@ class ParseCommandPropertyTests(SynchronousTestCase):
         if isinstance(command, Request):
             self.assertTrue(1 <= command.n <= MAX_REQUEST)
             self.assertIs(type(command.n), int)
+
+
+class StartFromTests(SynchronousTestCase):
+    """
+    C{from} in C{SUBSCRIBE}: our replay extension.
+    """
+
+    def subscribe(self, start: object) -> Subscribe:
+        command = parse_command(json.dumps({"type": "SUBSCRIBE", "sourceId": "s", "from": start}))
+        assert isinstance(command, Subscribe)
+        return command
+
+    def refused(self, start: object) -> str:
+        error = self.assertRaises(ProtocolError, self.subscribe, start)
+        self.assertEqual(error.command_type, "SUBSCRIBE")
+        self.assertEqual(error.source_id, "s")
+        return error.message
+
+    def test_from_forms(self) -> None:
+        """
+        latest (also absent or null), earliest, a timestamp and offsets per
+        partition are understood.
+        """
+        self.assertEqual(parse_command(_command(type="SUBSCRIBE", sourceId="s")).start, protocol.LATEST)  # type: ignore[union-attr]
+        self.assertTrue(self.subscribe(None).start.is_latest)
+        self.assertTrue(self.subscribe("latest").start.is_latest)
+        self.assertEqual(self.subscribe("earliest").start, protocol.StartFrom("earliest"))
+        self.assertEqual(self.subscribe({"timestamp": 1700000000000}).start, protocol.StartFrom("timestamp", 1700000000000))
+        self.assertEqual(
+            self.subscribe({"offsets": {"1": 99, "0": 1234}}).start,
+            protocol.StartFrom("offsets", offsets=((0, 1234), (1, 99))),
+        )
+
+    def test_from_refusedWithReason(self) -> None:
+        """
+        Everything else is a SUBSCRIBE_ERROR that names the problem.
+        """
+        forms = 'from must be "latest", "earliest", {"timestamp": ms} or {"offsets": {"<partition>": offset}}'
+        self.assertEqual(self.refused("newest"), forms + ', got "newest"')
+        self.assertEqual(self.refused(5), forms + ", got 5")
+        self.assertEqual(self.refused({"timestamp": 1, "offsets": {}}), forms + ", got dict")
+        self.assertEqual(self.refused({"at": 1}), forms + ", got dict")
+        self.assertEqual(
+            self.refused({"timestamp": "now"}),
+            'from.timestamp must be an integer >= 0 (milliseconds since the epoch), got "now"',
+        )
+        self.assertIn("from.timestamp must be", self.refused({"timestamp": -5}))
+        self.assertIn("from.timestamp must be", self.refused({"timestamp": 1.5}))
+        self.assertIn("from.timestamp must be", self.refused({"timestamp": True}))
+        self.assertIn("from.offsets must be a non-empty object", self.refused({"offsets": {}}))
+        self.assertIn("from.offsets must be a non-empty object", self.refused({"offsets": [1]}))
+        self.assertEqual(
+            self.refused({"offsets": {"p0": 1}}), 'from.offsets keys must be partition numbers such as "0", got "p0"'
+        )
+        self.assertIn("keys must be partition numbers", self.refused({"offsets": {"-1": 1}}))
+        self.assertIn("keys must be partition numbers", self.refused({"offsets": {"\u0661": 1}}))
+        self.assertEqual(self.refused({"offsets": {"0": -1}}), 'from.offsets["0"] must be an integer >= 0, got -1')
+        self.assertIn('from.offsets["3"] must be', self.refused({"offsets": {"3": "12"}}))
+        self.assertIn('from.offsets["3"] must be', self.refused({"offsets": {"3": 2**63}}))
+
+    def test_from_replyIsSubscribeError(self) -> None:
+        """
+        The reply to a bad from is a SUBSCRIBE_ERROR for that source.
+        """
+        error = self.assertRaises(ProtocolError, self.subscribe, "yesterday")
+        reply = json.loads(error.reply())
+        self.assertEqual(reply["data"]["type"], "SUBSCRIBE_ERROR")
+        self.assertEqual(reply["data"]["sourceId"], "s")
+
+
+class PayloadFormatTests(SynchronousTestCase):
+    """
+    C{encode_result} renders Kafka keys, payloads and headers as the
+    source's C{format}, C{key_format} and C{headers} ask.
+    """
+
+    def data(self, **fields: Any) -> dict[str, Any]:
+        values: dict[str, Any] = {"key": b"k", "payload": b"v", "timestamp": None}
+        values.update(fields)
+        event = KafkaEvent("o", "t", 0, 5, **values)
+        result: dict[str, Any] = json.loads(protocol.encode_result(event))["data"]
+        return result
+
+    def test_json_values(self) -> None:
+        """
+        With json, a payload that is JSON arrives as that JSON value, with
+        no encoding field.
+        """
+        data = self.data(payload=b'{"a": [1, 2.5, "\xc3\xa9"]}', payload_format="json")
+        self.assertEqual(data["payload"], {"a": [1, 2.5, "\u00e9"]})
+        self.assertNotIn("payloadEncoding", data)
+        self.assertEqual(self.data(payload=b'"text"', payload_format="json")["payload"], "text")
+        self.assertEqual(self.data(payload=b"12", payload_format="json")["payload"], 12)
+
+    def test_json_fallback(self) -> None:
+        """
+        With json, text that is not JSON, NaN and Infinity (not JSON), bytes
+        that are not UTF-8 and nesting too deep all arrive base64-encoded,
+        flagged with payloadEncoding.
+        """
+        for raw in (b"hello", b"NaN", b"[Infinity]", b"\xff\xfe", b"[" * 100_000):
+            data = self.data(payload=raw, payload_format="json")
+            self.assertEqual(data["payloadEncoding"], "base64", raw[:10])
+            self.assertEqual(base64.b64decode(data["payload"]), raw)
+
+    def test_utf8_textAndFallback(self) -> None:
+        """
+        With utf8, UTF-8 payloads arrive as strings; others as base64 with
+        payloadEncoding.
+        """
+        self.assertEqual(self.data(payload="\u00e9t\u00e9".encode(), payload_format="utf8")["payload"], "\u00e9t\u00e9")
+        data = self.data(payload=b"\xc3", payload_format="utf8")
+        self.assertEqual((data["payload"], data["payloadEncoding"]), ("ww==", "base64"))
+
+    def test_key_format(self) -> None:
+        """
+        Keys follow key_format, with keyEncoding on fallback; null keys and
+        payloads stay null with no encoding field.
+        """
+        self.assertEqual(self.data(key=b"id-1", key_format="utf8")["key"], "id-1")
+        data = self.data(key=b"\xff", key_format="json")
+        self.assertEqual((data["key"], data["keyEncoding"]), ("/w==", "base64"))
+        data = self.data(key=None, payload=None, key_format="utf8", payload_format="json")
+        self.assertEqual((data["key"], data["payload"]), (None, None))
+        self.assertFalse({"keyEncoding", "payloadEncoding"} & set(data))
+
+    def test_headers(self) -> None:
+        """
+        Headers, when passed through, are a list of key and value, the
+        value as text (or base64 with valueEncoding) with utf8 and json,
+        base64 with base64; null values stay null. Without headers there
+        is no headers field.
+        """
+        headers = (("a", b"1"), ("a", b"\xff"), ("n", None))
+        data = self.data(headers=headers, payload_format="json")
+        self.assertEqual(
+            data["headers"],
+            [{"key": "a", "value": "1"}, {"key": "a", "value": "/w==", "valueEncoding": "base64"}, {"key": "n", "value": None}],
+        )
+        data = self.data(headers=(("a", b"1"),))
+        self.assertEqual(data["headers"], [{"key": "a", "value": "MQ=="}])
+        self.assertNotIn("headers", self.data())
+
+    def test_base64_unchanged(self) -> None:
+        """
+        The default is the original's: base64 and no extra fields.
+        """
+        event = KafkaEvent("orders", "orders-topic", 2, 41, b"k\x00", b"{\"a\":1}", 1700000000123)
+        self.assertEqual(
+            protocol.encode_result(event),
+            b'{"type":"RESULT","data":{"sourceType":"kafka","sourceId":"orders","key":"awA=",'
+            b'"payload":"eyJhIjoxfQ==","partition":2,"offset":41,"timestamp":1700000000123}}',
+        )

@@ -14,8 +14,11 @@ from typing import Any
 import attrs
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
-from kiwi.events import KafkaEvent
-from kiwi.sources.kafka import BEGINNING, BrokerUnavailable
+from kiwi.events import Headers, KafkaEvent, PayloadFormat
+from zope.interface import implementer
+
+from kiwi.replay import IReplayReader
+from kiwi.sources.kafka import BEGINNING, BrokerUnavailable, IKafkaConsumer
 
 assert OFFSET_BEGINNING == BEGINNING
 
@@ -39,15 +42,27 @@ class Batch:
     lag: dict[int, int] | None = None
 
 
+@implementer(IKafkaConsumer, IReplayReader)
 class ConfluentConsumer:
     """
     One librdkafka consumer for one topic, assigned partitions by hand (no
     consumer group rebalancing, no committed offsets).
     """
 
-    def __init__(self, source_id: str, topic: str, settings: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        source_id: str,
+        topic: str,
+        settings: Mapping[str, str],
+        payload_format: PayloadFormat = "base64",
+        key_format: PayloadFormat = "base64",
+        headers: bool = False,
+    ) -> None:
         self._source_id = source_id
         self._topic = topic
+        self._payload_format: PayloadFormat = payload_format
+        self._key_format: PayloadFormat = key_format
+        self._headers = headers
         self._settings = dict(settings)
         self._consumer: Any = None
         self._errors: list[str] = []
@@ -120,6 +135,52 @@ class ConfluentConsumer:
             offsets[partition] = high
         return offsets
 
+    def thd_watermarks(self, partitions: list[int], timeout: float) -> dict[int, tuple[int, int]]:
+        """
+        Each partition's low and high watermark: its first retained
+        offset and where new records will be written.
+
+        @raise BrokerUnavailable: if the cluster did not answer.
+        """
+        offsets = {}
+        for partition in partitions:
+            try:
+                low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, partition), timeout=timeout
+                )
+            except KafkaException as e:
+                raise BrokerUnavailable(str(e.args[0].str() if e.args else e)) from None
+            offsets[partition] = (low, high)
+        return offsets
+
+    def thd_offsets_for_times(self, timestamp: int, partitions: list[int], timeout: float) -> dict[int, int]:
+        """
+        In each partition, the offset of the first record whose timestamp
+        is at or after C{timestamp}; C{-1} where there is none.
+
+        @raise BrokerUnavailable: if the cluster did not answer.
+        """
+        try:
+            found = self._consumer.offsets_for_times(
+                [TopicPartition(self._topic, partition, timestamp) for partition in partitions], timeout=timeout
+            )
+        except KafkaException as e:
+            raise BrokerUnavailable(str(e.args[0].str() if e.args else e)) from None
+        for tp in found:
+            if tp.error is not None:
+                # An answer that is an error (a timed-out partition, a
+                # leader moving) is not "no such record": ask again.
+                raise BrokerUnavailable(f"partition {tp.partition}: {tp.error.str()}")
+        return {tp.partition: tp.offset for tp in found}
+
+    def thd_positions(self, partitions: list[int]) -> dict[int, int]:
+        """
+        The next offset the consumer will read in each partition (negative
+        while it does not know yet).
+        """
+        found = self._consumer.position([TopicPartition(self._topic, partition) for partition in partitions])
+        return {tp.partition: tp.offset for tp in found}
+
     def thd_assign(self, offsets: Mapping[int, int]) -> None:
         """
         Start consuming these partitions at these offsets (L{BEGINNING} for
@@ -152,6 +213,9 @@ class ConfluentConsumer:
                     self._errors.append(error.str())
                 continue
             kind, timestamp = record.timestamp()
+            headers: Headers | None = None
+            if self._headers:
+                headers = tuple((str(k), v) for k, v in (record.headers() or ()))
             events.append(
                 KafkaEvent(
                     source_id=self._source_id,
@@ -161,6 +225,9 @@ class ConfluentConsumer:
                     key=record.key(),
                     payload=record.value(),
                     timestamp=None if kind == _TIMESTAMP_NOT_AVAILABLE else timestamp,
+                    payload_format=self._payload_format,
+                    key_format=self._key_format,
+                    headers=headers,
                 )
             )
         return Batch(events, self._errors, self._brokers_down, self._lag)

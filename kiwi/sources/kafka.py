@@ -14,11 +14,12 @@ produced to them is lost.
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
@@ -28,6 +29,8 @@ from zope.interface import Interface, implementer
 
 from kiwi.config import KafkaConfig, KafkaSourceConfig
 from kiwi.events import KafkaEvent
+from kiwi.protocol import StartFrom
+from kiwi.replay import IReplayReader, IReplaySource, IReplayTarget, Replay
 from kiwi.sources import IEventSink, ISource
 
 T = TypeVar("T")
@@ -147,8 +150,56 @@ def consumer_settings(source: KafkaSourceConfig, kafka: KafkaConfig) -> dict[str
 def _default_consumer(source: KafkaSourceConfig, kafka: KafkaConfig) -> IKafkaConsumer:
     from kiwi.sources._confluent import ConfluentConsumer
 
-    consumer: IKafkaConsumer = ConfluentConsumer(source.id, source.topic, consumer_settings(source, kafka))
+    consumer: IKafkaConsumer = ConfluentConsumer(
+        source.id,
+        source.topic,
+        consumer_settings(source, kafka),
+        payload_format=source.format,
+        key_format=source.key_format,
+        headers=source.headers,
+    )
     return consumer
+
+
+def _default_replay_reader(source: KafkaSourceConfig, kafka: KafkaConfig) -> IReplayReader:
+    from kiwi.sources._confluent import ConfluentConsumer
+
+    settings = consumer_settings(source, kafka)
+    # Its own group: a replay must never disturb the live consumer.
+    settings["group.id"] = f"kiwi-{source.id}-replay-{uuid.uuid4().hex[:12]}"
+    # An offset that is no longer retained starts at the first one that is.
+    settings["auto.offset.reset"] = "earliest"
+    reader: IReplayReader = ConfluentConsumer(
+        source.id,
+        source.topic,
+        settings,
+        payload_format=source.format,
+        key_format=source.key_format,
+        headers=source.headers,
+    )
+    return reader
+
+
+class _ReplayThread:
+    """
+    The one-thread pool of one replay, started on first use.
+    """
+
+    def __init__(self, reactor: IReactorThreads, name: str) -> None:
+        self._reactor = reactor
+        self._name = name
+        self._pool: ThreadPool | None = None
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if self._pool is None:
+            self._pool = ThreadPool(minthreads=1, maxthreads=1, name=self._name)
+            self._pool.start()
+        return deferToThreadPool(self._reactor, self._pool, f, *args)
+
+    def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.stop()
+            self._pool = None
 
 
 class _Stopped(Exception):
@@ -157,13 +208,21 @@ class _Stopped(Exception):
     """
 
 
-@implementer(ISource)
+@implementer(ISource, IReplaySource)
 class KafkaSource(Service):
     """
     Streams one topic to the registry.
 
     @param run_in_thread: How to call into the consumer; by default, the
         source's own one-thread pool. Tests pass an inline runner.
+    @param replay_reader: Makes the consumer of one replay (see
+        L{kiwi.replay}); C{replay_run_in_thread} is how to call into it
+        (by default, a one-thread pool per replay).
+    @param max_concurrent_replays: How many replays read at once; later
+        ones wait their turn (holding live events back meanwhile).
+
+    @ivar positions: For each partition, the offset the live stream will
+        publish next.
     """
 
     log = logger()
@@ -179,6 +238,9 @@ class KafkaSource(Service):
         consumer: IKafkaConsumer | None = None,
         run_in_thread: Callable[..., Deferred[Any]] | None = None,
         max_turn_bytes: int = MAX_TURN_BYTES,
+        replay_reader: Callable[[], IReplayReader] | None = None,
+        replay_run_in_thread: Callable[..., Deferred[Any]] | None = None,
+        max_concurrent_replays: int = 4,
     ) -> None:
         self.config = config
         self.kafka = kafka
@@ -198,6 +260,14 @@ class KafkaSource(Service):
 
         self._run_in_thread = run_in_thread
         self._max_turn_bytes = max_turn_bytes
+        self._reactor = reactor
+        self._replay_reader = replay_reader or (lambda: _default_replay_reader(config, kafka))
+        self._replay_run_in_thread = replay_run_in_thread
+        self._replays: set[Replay] = set()
+        self._running_replays: set[Replay] = set()
+        self._waiting_replays: deque[Replay] = deque()
+        self._max_concurrent_replays = max_concurrent_replays
+        self.positions: dict[int, int] = {}
         self._run: Deferred[None] | None = None
         self._sleeping: Deferred[None] | None = None
         self._stopping = False
@@ -225,6 +295,9 @@ class KafkaSource(Service):
             self._sleeping.cancel()
         run = self._run if self._run is not None else succeed(None)
         self._run = None
+        replays = [replay.cancel() for replay in list(self._replays)]
+        if replays:
+            run = DeferredList([run, *replays]).addCallback(lambda _: None)
 
         def close(_: object) -> Deferred[Any]:
             return self._call(self._consumer.thd_close)
@@ -261,6 +334,49 @@ class KafkaSource(Service):
             "records": self.records_received,
             "error": self.last_error,
         }
+
+    # IReplaySource
+
+    def open_replay(self, start: StartFrom, target: IReplayTarget, max_events: int) -> Replay:
+        """
+        A replay of this topic for one subscription, with its own consumer
+        and thread; it begins in the next reactor turn.
+        """
+        runner = _ReplayThread(self._reactor, f"kiwi-replay-{self.source_id}")
+        run_in_thread = self._replay_run_in_thread or runner
+
+        def finished(replay: Replay) -> None:
+            self._replays.discard(replay)
+            self._running_replays.discard(replay)
+            # On the reactor thread, after the pool's last call returned.
+            runner.stop()
+            self._begin_replays()
+
+        replay = Replay(
+            self.source_id,
+            start,
+            self._replay_reader(),
+            run_in_thread,
+            self._clock,
+            lambda: self.positions,
+            target,
+            max_events,
+            finished,
+        )
+        self._replays.add(replay)
+        self._waiting_replays.append(replay)
+        self._begin_replays()
+        return replay
+
+    def _begin_replays(self) -> None:
+        """
+        Begin waiting replays, in order, while fewer than
+        C{max_concurrent_replays} run.
+        """
+        while self._waiting_replays and len(self._running_replays) < self._max_concurrent_replays:
+            replay = self._waiting_replays.popleft()
+            self._running_replays.add(replay)
+            self._clock.callLater(0, replay.begin)
 
     # The run loop
 
@@ -319,6 +435,7 @@ class KafkaSource(Service):
                 await self._sleep(RETRY_DELAY_S)
                 continue
             await self._call(self._consumer.thd_assign, offsets)
+            self.positions.update({p: offset for p, offset in offsets.items() if offset >= 0})
             self.partitions = partitions
             self._set_state("running")
             return
@@ -364,11 +481,20 @@ class KafkaSource(Service):
             event_size = turn_size(event)
             size += event_size
             if size > self._max_turn_bytes and index > start:
-                self._sink.publish(self.source_id, events[start:index])
+                self._hand_over(events[start:index])
                 await deferLater(self._clock, 0, lambda: None)
                 start = index
                 size = event_size
-        self._sink.publish(self.source_id, events[start:])
+        self._hand_over(events[start:])
+
+    def _hand_over(self, events: list[KafkaEvent]) -> None:
+        """
+        Publish C{events}, keeping L{positions} in step with what was
+        published (replays switch over there).
+        """
+        for event in events:
+            self.positions[event.partition] = event.offset + 1
+        self._sink.publish(self.source_id, events)
 
     async def _discover_partitions(self) -> None:
         try:

@@ -10,6 +10,7 @@ from typing import Any
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
+from kiwi.client import KiwiClient
 from tests.integration import broker
 from tests.integration.kiwiproc import KiwiProcess
 from tests.integration.wsclient import Client
@@ -25,6 +26,7 @@ class IntegrationTestCase(unittest.TestCase):
 
     def setUp(self) -> None:
         self._clients: list[Client] = []
+        self._kiwi_clients: list[KiwiClient] = []
         self._kiwis: list[KiwiProcess] = []
 
     @property
@@ -48,6 +50,9 @@ class IntegrationTestCase(unittest.TestCase):
         for client in self._clients:
             await client.close()
         self._clients = []
+        for kiwi_client in self._kiwi_clients:
+            await kiwi_client.close()
+        self._kiwi_clients = []
         code = await kiwi.stop()
         if code not in (0, None):
             raise AssertionError(f"Kiwi exited with {code}:\n{kiwi.output}")
@@ -62,6 +67,20 @@ class IntegrationTestCase(unittest.TestCase):
         assert kiwi.port is not None
         client = await Client.connect(kiwi.port, path, **options)
         self._clients.append(client)
+        return client
+
+    async def kiwi_client(self, port: int, connect: bool = True, **options: Any) -> KiwiClient:
+        """
+        A L{kiwi.client.KiwiClient} for C{ws://127.0.0.1:port/} (connected
+        unless C{connect} is false), closed when the test ends.
+        """
+        options.setdefault("min_delay", 0.2)
+        options.setdefault("max_delay", 2.0)
+        client = KiwiClient(f"ws://127.0.0.1:{port}/", **options)
+        self._kiwi_clients.append(client)
+        self.addCleanup(client.close)
+        if connect:
+            await client.connect()
         return client
 
     def kafka_config(self, *topics: str, **kafka: Any) -> dict[str, Any]:

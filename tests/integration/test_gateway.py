@@ -166,11 +166,17 @@ class HttpTests(IntegrationTestCase):
 
     async def test_plainGet_upgradeRequired(self) -> None:
         """
-        A plain GET / is answered with 426 Upgrade Required.
+        Without the dashboard (server.ui: false) a plain GET / is answered
+        with 426 Upgrade Required; with it (the default), it is the page.
         """
-        kiwi = await self.start_kiwi({"sources": [counter("tick")]})
+        config = {"sources": [counter("tick")], "server": {"listen": "tcp:0:interface=127.0.0.1", "ui": False}}
+        kiwi = await self.start_kiwi(config)
         code, headers, _ = await kiwi.get("/")
         self.assertEqual(code, 426)
+        kiwi = await self.start_kiwi({"sources": [counter("tick")]})
+        code, headers, _ = await kiwi.get("/")
+        self.assertEqual(code, 200)
+        self.assertEqual(headers["content-type"], ["text/html; charset=utf-8"])
 
     async def test_queryString_accepted(self) -> None:
         """

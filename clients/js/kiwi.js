@@ -1,0 +1,1 @@
+../../kiwi/static/kiwi.js

@@ -387,3 +387,35 @@ class PythonComponentTests(PluginTestCase):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+class PluginReloadTests(PluginTestCase):
+    """
+    Plugins are swapped by a configuration reload, with clients connected.
+    """
+
+    async def test_sighup_swapsPluginFile(self) -> None:
+        """
+        Replacing the intercept plugin's file and sending SIGHUP swaps the
+        plugin between events: the connected client first gets only even
+        counts, then every count multiplied by ten, without reconnecting.
+        """
+        target = os.path.join(self.plugin_dir, "intercept.wasm")
+        config = {"sources": [_counter(interval_ms=20)], "hooks": {"intercept": target}}
+        shutil.copyfile(self.plugin("even"), target)
+        kiwi = await self.start_kiwi(config)
+        client = await self.connect(kiwi)
+        await client.subscribe("tick")
+        await client.wait_for(lambda: len(client.results("tick")) >= 3, 20)
+        first = [r["count"] for r in client.results("tick")]
+        self.assertEqual(first, list(range(first[0], first[0] + 2 * len(first), 2)))
+
+        shutil.copyfile(self.plugin("transform"), target)
+        mark = len(kiwi.output)
+        kiwi.signal("HUP")
+        await kiwi.wait_output("config applied", after=mark)
+        before = len(client.results("tick"))
+        await client.wait_for(lambda: len(client.results("tick")) >= before + 5, 20)
+        after = [r["count"] for r in client.results("tick")[before + 1 :]]
+        self.assertEqual(after, list(range(after[0], after[0] + 10 * len(after), 10)))
+        self.assertFalse(client.factory.is_closed)

@@ -119,6 +119,7 @@ class ServerConfig:
     ping_timeout_s: float = 10.0
     shutdown_timeout_s: float = 10.0
     workers: int = 1
+    coalesce_writes: bool = True
     tls: TLSSettings | None = None
     max_message_size: int = 64 * 1024
     allowed_origins: tuple[str, ...] | None = None
@@ -518,6 +519,7 @@ class _Reader:
                 "ping_timeout_s",
                 "shutdown_timeout_s",
                 "workers",
+                "coalesce_writes",
                 "max_message_size",
                 "allowed_origins",
                 "max_connections",
@@ -589,6 +591,7 @@ class _Reader:
             ping_timeout_s=ping_timeout_s,
             shutdown_timeout_s=shutdown_timeout_s,
             workers=self.workers(section, listen, reactor),
+            coalesce_writes=self.boolean(section, "server", "coalesce_writes", True),
             ui=self.boolean(section, "server", "ui", True),
             ui_path=self.ui_path(section),
         )

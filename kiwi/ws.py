@@ -37,6 +37,7 @@ from kiwi.auth.handshake import Gate, refuse
 from kiwi.auth.origin import OriginPolicy
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
+from kiwi.coalesce import Coalescer
 from kiwi.flow import Outbox
 from kiwi.limits import GuardedConnection, TokenBucket
 from kiwi.logs import logger
@@ -103,6 +104,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     The peer as C{ip:port} (C{[ip]:port} for IPv6), for intercept calls.
     """
     _outbox: Outbox[Frame] | None = None
+    _batch: list[bytes] | None = None
     _slow_timer: IDelayedCall | None = None
     _expiry: IDelayedCall | None = None
     _commands: TokenBucket | None = None
@@ -390,6 +392,8 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         if self._outbox is not None:
             self._outbox.clear()
+        # What was already handed over this turn goes out before the close.
+        self.flush_batch()
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)
 
     def _reply(self, payload: bytes) -> None:
@@ -464,9 +468,26 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             # What sendPreparedMessage does without compression, minus the
             # debug line Autobahn formats for every write: most of its cost,
             # paid for every connection and event.
-            transport.write(prepared.payloadHybi)
+            coalescer = self.factory.coalescer
+            if coalescer is None:
+                transport.write(prepared.payloadHybi)
+                return
+            if self._batch is None:
+                self._batch = []
+                coalescer.mark(self)
+            self._batch.append(prepared.payloadHybi)
         else:
+            self.flush_batch()
             self.sendPreparedMessage(prepared)
+
+    def flush_batch(self) -> None:
+        """
+        Write this turn's frames, joined, in one transport write.
+        """
+        batch, self._batch = self._batch, None
+        if not batch or self.state != self.STATE_OPEN or self.transport is None:
+            return
+        self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
 
 
 class KiwiServerFactory(WebSocketServerFactory):
@@ -500,6 +521,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), self.authenticator)
         self.plugins = plugins
         self.connections: set[KiwiServerProtocol] = set()
+        self.coalescer: Coalescer | None = None
         self.setProtocolOptions(webStatus=False)
         self.apply_config(server_config, registry.subscriber_config)
 
@@ -517,6 +539,11 @@ class KiwiServerFactory(WebSocketServerFactory):
         self.subscriber_config = subscriber
         if server is not None:
             self.server_config = server
+            if server.coalesce_writes and self.coalescer is None:
+                self.coalescer = Coalescer(self.clock)
+            elif not server.coalesce_writes and self.coalescer is not None:
+                self.coalescer.flush()
+                self.coalescer = None
             self.gate = Gate(OriginPolicy(server.allowed_origins), self.authenticator)
         config = self.server_config
         self.setProtocolOptions(

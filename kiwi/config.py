@@ -120,6 +120,7 @@ class ServerConfig:
     shutdown_timeout_s: float = 10.0
     workers: int = 1
     coalesce_writes: bool = True
+    direct_write: bool = True
     tls: TLSSettings | None = None
     max_message_size: int = 64 * 1024
     allowed_origins: tuple[str, ...] | None = None
@@ -520,6 +521,7 @@ class _Reader:
                 "shutdown_timeout_s",
                 "workers",
                 "coalesce_writes",
+                "direct_write",
                 "max_message_size",
                 "allowed_origins",
                 "max_connections",
@@ -592,6 +594,7 @@ class _Reader:
             shutdown_timeout_s=shutdown_timeout_s,
             workers=self.workers(section, listen, reactor),
             coalesce_writes=self.boolean(section, "server", "coalesce_writes", True),
+            direct_write=self.boolean(section, "server", "direct_write", True),
             ui=self.boolean(section, "server", "ui", True),
             ui_path=self.ui_path(section),
         )

@@ -37,6 +37,7 @@ from kiwi.auth.handshake import Gate, refuse
 from kiwi.auth.origin import OriginPolicy
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
+from kiwi import _directwrite
 from kiwi.coalesce import Coalescer
 from kiwi.flow import Outbox
 from kiwi.limits import GuardedConnection, TokenBucket
@@ -487,7 +488,11 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         batch, self._batch = self._batch, None
         if not batch or self.state != self.STATE_OPEN or self.transport is None:
             return
-        self.transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+        data = batch[0] if len(batch) == 1 else b"".join(batch)
+        if self.factory.server_config.direct_write:
+            _directwrite.write(self.transport, data)
+        else:
+            self.transport.write(data)
 
 
 class KiwiServerFactory(WebSocketServerFactory):

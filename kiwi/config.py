@@ -310,7 +310,7 @@ def parse_config(
     @raise ConfigErrors: with every problem found.
     """
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -321,6 +321,34 @@ def parse_config(
     if reader.problems or config is None:
         raise ConfigErrors(path, reader.problems)
     return config
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """
+    PyYAML's safe loader, refusing a key given twice in one mapping (which
+    YAML forbids, and PyYAML would quietly resolve by keeping the last).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping", node.start_mark, f"found the key {key!r} twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    lambda loader, node: loader.construct_mapping(node),  # type: ignore[attr-defined]
+)
 
 
 def _describe(value: object) -> str:
@@ -358,6 +386,16 @@ class _Reader:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.problems: list[str] = []
         self.environ = environ
+        self.base_dir = "."
+
+    def relative(self, path: str | None) -> str | None:
+        """
+        A file named in the configuration: relative paths are taken from
+        the configuration file's directory, as for plugins.
+        """
+        if path is None:
+            return None
+        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(path)))
 
     def problem(self, key_path: str, message: str) -> None:
         self.problems.append(f"{key_path}: {message}")
@@ -449,6 +487,7 @@ class _Reader:
         return result
 
     def kiwi(self, document: object, path: str, reactor: IReactorCore) -> KiwiConfig | None:
+        self.base_dir = os.path.dirname(os.path.abspath(path))
         if document is None:
             self.problem("(top level)", "the file is empty; expected a mapping with sources and server")
             return None
@@ -683,7 +722,12 @@ class _Reader:
         if not listen.startswith("tcp:"):
             self.problem("server.tls", f"can only be combined with a tcp endpoint in {key_path}")
             return None
-        return TLSSettings(cert=cert, key=key, chain=chain, client_ca=client_ca)
+        return TLSSettings(
+            cert=self.relative(cert) or cert,
+            key=self.relative(key) or key,
+            chain=self.relative(chain),
+            client_ca=self.relative(client_ca),
+        )
 
     def tls_files(self, tls: TLSSettings, key_path: str) -> bool:
         """
@@ -757,6 +801,13 @@ class _Reader:
             minimum = self.integer(section, key_path, "min", None, 0)
             maximum = self.optional_integer(section, key_path, "max", 0)
             lazy = self.boolean(section, key_path, "lazy", False)
+            for name, value in (("min", minimum), ("max", maximum)):
+                if value is not None and value > 2**53:
+                    self.problem(
+                        f"{key_path}.{name}",
+                        f"expected at most 2^53 ({2**53}, the largest integer JavaScript clients read exactly), got {value}",
+                    )
+                    return None
             if minimum is not None and maximum is not None and maximum < minimum:
                 self.problem(key_path + ".max", f"expected an integer >= min ({minimum}), got {maximum}")
                 return None

@@ -20,6 +20,8 @@ L{TokenBucket} is the per-connection command rate limit.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from typing import Any
 
 from twisted.internet.interfaces import (
@@ -203,8 +205,10 @@ class ConnectionGuard(WrappingFactory):
         max_connections: int,
         max_per_host: int | None,
         handshake_timeout_s: float,
+        count_refusal: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(wrapped)  # type: ignore[no-untyped-call]
+        self._count_refusal = count_refusal or (lambda reason: None)
         self.clock = clock
         self.max_connections = max_connections
         self.max_per_host = max_per_host
@@ -234,6 +238,7 @@ class ConnectionGuard(WrappingFactory):
         if self.refusing >= REFUSAL_BACKLOG:
             return None
         self.log.warn("refused a connection from {peer}: {limit}", peer=_peer(addr) if addr is not None else "?", limit=what)
+        self._count_refusal("too many connections" if refusal[0] == 503 else "too many connections from address")
         return _Refusal(self, *refusal)
 
     def registerProtocol(self, p: GuardedConnection) -> None:

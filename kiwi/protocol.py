@@ -141,7 +141,15 @@ class ProtocolError(Exception):
 
 
 def _dumps(value: object) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (possible in JSON text) cannot be UTF-8: escape it.
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def parse_command(text: str) -> Command:
@@ -154,7 +162,7 @@ def parse_command(text: str) -> Command:
     @raise ProtocolError: naming what is wrong with the frame.
     """
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_no_constants)
     except (ValueError, RecursionError) as e:
         raise ProtocolError(f"frame is not valid JSON: {e}") from None
     if not isinstance(document, dict):

@@ -11,6 +11,7 @@ frame, transformed ones get a frame of their own.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any
 
 import attrs
@@ -100,6 +101,8 @@ class Registry:
         self.subscriber_config = subscriber_config
         self.stats = stats if stats is not None else Stats()
         self.intercept: PluginSlot[IInterceptor] = intercept if intercept is not None else PluginSlot()
+        # Set by the service to feed kiwi_plugin_call_seconds.
+        self.time_intercept: Callable[[float], None] = lambda seconds: None
         self._count_failure = count_failure
         self._sources: dict[str, ISource] = {}
         self._by_source: dict[str, dict[ISubscriber, Subscription]] = {}
@@ -294,7 +297,9 @@ class Registry:
             for subscription in targets:
                 subscriber = subscription.subscriber
                 try:
+                    started = perf_counter()
                     action = interceptor.intercept(event, subscriber.auth_context, subscriber.plugin_addr)
+                    self.time_intercept(perf_counter() - started)
                     if isinstance(action, Forward):
                         if shared is None:
                             shared = Frame(protocol.encode_result(event), source_id)

@@ -146,6 +146,8 @@ class KiwiService(MultiService):
             IService(self.authenticator).setServiceParent(self)
         self.factory = KiwiServerFactory(self.registry, reactor, config.server, self.authenticator, self.plugins)
         self.metrics = Metrics(self.stats, self._live_metrics)
+        self.registry.time_intercept = self.metrics.plugin_seconds.labels("intercept").observe
+        self.factory.time_authenticate = self.metrics.plugin_seconds.labels("authenticate").observe
         site = self.site = build_site(self.factory, False, config.server.ui, config.server.ui_path)
         root = site.resource
         health: Resource = JsonResource(self._health)
@@ -165,7 +167,12 @@ class KiwiService(MultiService):
         root.putChild(b"metrics", metrics)
         server = config.server
         guard = ConnectionGuard(
-            site, reactor, server.max_connections, server.max_connections_per_ip, server.handshake_timeout_s
+            site,
+            reactor,
+            server.max_connections,
+            server.max_connections_per_ip,
+            server.handshake_timeout_s,
+            self.factory.count_refusal,
         )
         self.listener = ListenerService(
             reactor, server.listen, guard, self.factory, server.tls, server.shutdown_timeout_s, endpoint

@@ -14,6 +14,7 @@ read), which an C{AUTHENTICATE} command can replace.
 from __future__ import annotations
 
 import itertools
+from time import perf_counter
 import json
 from collections import deque
 from collections.abc import Callable
@@ -146,7 +147,9 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         with 401 unless the plugin lets the client in.
         """
         try:
+            started = perf_counter()
             outcome = await plugins.run_authenticate(authenticator, self._http_request(request), self.conn_id)
+            self.factory.time_authenticate(perf_counter() - started)
         except Exception:
             self._log.failure("{conn_id} failed authenticating", conn_id=self.conn_id)
             outcome = REJECT
@@ -156,6 +159,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
                 conn_id=self.conn_id,
                 peer=self.peer_address,
             )
+            self.factory.count_refusal("authenticate plugin")
             raise ConnectionDeny(401, "Unauthorized")  # type: ignore[no-untyped-call]
         if isinstance(outcome, WithContext):
             self._plugin_context = outcome.context
@@ -523,19 +527,27 @@ class KiwiServerFactory(WebSocketServerFactory):
         self.clock: IReactorTime = clock
         self.server_config: ServerConfig = server_config or ServerConfig(listen="")
         self.authenticator: IAuthenticator = authenticator or OpenAccess()
-        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), self.authenticator)
+        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), self.authenticator, self.count_refusal)
         self.plugins = plugins
         self.connections: set[KiwiServerProtocol] = set()
         self.coalescer: Coalescer | None = None
+        # Set by the service to feed kiwi_plugin_call_seconds.
+        self.time_authenticate: Callable[[float], None] = lambda seconds: None
         self.setProtocolOptions(webStatus=False)
         self.apply_config(server_config, registry.subscriber_config)
+
+    def count_refusal(self, reason: str) -> None:
+        """
+        Count a refused handshake for C{kiwi_handshake_refusals_total}.
+        """
+        self.registry.stats.handshake_refusals[reason] += 1
 
     def replace_authenticator(self, authenticator: IAuthenticator) -> None:
         """
         Authenticate handshakes made from now on with C{authenticator}.
         """
         self.authenticator = authenticator
-        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), authenticator)
+        self.gate = Gate(OriginPolicy(self.server_config.allowed_origins), authenticator, self.count_refusal)
 
     def apply_config(self, server: ServerConfig | None, subscriber: SubscriberConfig) -> None:
         """
@@ -549,7 +561,7 @@ class KiwiServerFactory(WebSocketServerFactory):
             elif not server.coalesce_writes and self.coalescer is not None:
                 self.coalescer.flush()
                 self.coalescer = None
-            self.gate = Gate(OriginPolicy(server.allowed_origins), self.authenticator)
+            self.gate = Gate(OriginPolicy(server.allowed_origins), self.authenticator, self.count_refusal)
         config = self.server_config
         self.setProtocolOptions(
             # Larger messages and frames close the connection with 1009.

@@ -1120,3 +1120,36 @@ class ClientFeatureConfigTests(ConfigTestMixin, SynchronousTestCase):
         )
         self.assertFalse(config.server.ui)
         self.assertEqual(config.server.ui_path, "/ops/kiwi")
+
+
+class StrictYamlTests(SynchronousTestCase):
+    """
+    YAML that PyYAML would accept but a configuration must not.
+    """
+
+    def test_duplicateKey_refused(self) -> None:
+        """
+        A key given twice in one mapping is an error naming the key, not a
+        silent "last one wins".
+        """
+        with self.assertRaises(ConfigErrors) as raised:
+            parse_config(
+                b"sources:\n  - {type: counter, id: a, id: b, interval_ms: 10, min: 0}\nserver: {listen: 'tcp:0'}\n",
+                "kiwi.yml",
+                MemoryReactor(),
+            )
+        self.assertIn("found the key 'id' twice", str(raised.exception))
+
+    def test_counterAbove2To53_refused(self) -> None:
+        """
+        Counter values above 2^53 are refused: JavaScript clients could not
+        read them exactly.
+        """
+        with self.assertRaises(ConfigErrors) as raised:
+            parse_config(
+                b"sources:\n  - {type: counter, id: a, interval_ms: 10, min: 99999999999999999999}\n"
+                b"server: {listen: 'tcp:0'}\n",
+                "kiwi.yml",
+                MemoryReactor(),
+            )
+        self.assertIn("sources[0].min: expected at most 2^53", str(raised.exception))

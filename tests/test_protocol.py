@@ -669,3 +669,35 @@ class PayloadFormatTests(SynchronousTestCase):
             b'{"type":"RESULT","data":{"sourceType":"kafka","sourceId":"orders","key":"awA=",'
             b'"payload":"eyJhIjoxfQ==","partition":2,"offset":41,"timestamp":1700000000123}}',
         )
+
+
+class HostileTextTests(SynchronousTestCase):
+    """
+    Text that is valid for Python's JSON parser but not for a reply.
+    """
+
+    def test_loneSurrogate_errorReplyIsAscii(self) -> None:
+        """
+        The C{SUBSCRIBE_ERROR} reply for a bad mode echoes the surrogate
+        escaped rather than failing to encode.
+        """
+        with self.assertRaises(protocol.ProtocolError) as raised:
+            protocol.parse_command('{"type": "SUBSCRIBE", "sourceId": "\\ud800", "mode": "sideways"}')
+        reply = raised.exception.reply()
+        self.assertIn(b"\\ud800", reply)
+        self.assertIn(b"SUBSCRIBE_ERROR", reply)
+
+    def test_loneSurrogate_okReplyEncodes(self) -> None:
+        """
+        A reply naming such a source id can be encoded.
+        """
+        self.assertIn(b"\\ud800", protocol.subscribe_ok("\ud800"))
+
+    def test_nanAndInfinity_notJson(self) -> None:
+        """
+        C{NaN} and C{Infinity} are not JSON: the frame is refused as such.
+        """
+        for text in ('{"type": "REQUEST", "sourceId": "s", "n": NaN}', '{"type": "REQUEST", "sourceId": "s", "n": -Infinity}'):
+            with self.assertRaises(protocol.ProtocolError) as raised:
+                protocol.parse_command(text)
+            self.assertIn("not valid JSON", raised.exception.message)

@@ -7,6 +7,8 @@ AEAD ciphers only, client certificates).
 
 from __future__ import annotations
 
+import os
+
 import datetime
 from typing import Any
 
@@ -429,7 +431,13 @@ class TLSConfigTests(SynchronousTestCase):
         self.assertEqual(config.server.listen, "tcp:8443:interface=127.0.0.1")
         self.assertEqual(
             config.server.tls,
-            TLSSettings(cert=self.files.cert, key=self.files.key, chain=chain, client_ca=self.files.ca_file),
+            # Relative paths are taken from the configuration file's directory.
+            TLSSettings(
+                cert=os.path.abspath(self.files.cert),
+                key=os.path.abspath(self.files.key),
+                chain=os.path.abspath(chain),
+                client_ca=os.path.abspath(self.files.ca_file),
+            ),
         )
 
     def test_sslListen(self) -> None:

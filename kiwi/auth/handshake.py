@@ -11,6 +11,8 @@ token.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.web.server import Request
 
 from kiwi.auth import AuthError, IAuthenticator, Identity, token_from_request
@@ -51,9 +53,19 @@ class Gate:
 
     log = logger()
 
-    def __init__(self, origins: OriginPolicy, authenticator: IAuthenticator) -> None:
+    def __init__(
+        self,
+        origins: OriginPolicy,
+        authenticator: IAuthenticator,
+        count_refusal: Callable[[str], None] | None = None,
+    ) -> None:
+        """
+        @param count_refusal: Called with the reason of every refusal, for
+            C{kiwi_handshake_refusals_total}.
+        """
         self.origins = origins
         self.authenticator = authenticator
+        self._count_refusal = count_refusal or (lambda reason: None)
 
     async def admit(self, request: Request, conn_id: str, peer: str) -> Identity | None:
         """
@@ -70,6 +82,7 @@ class Gate:
                 peer=peer,
                 origin=origin[:200] if origin else origin,
             )
+            self._count_refusal("origin not allowed")
             refuse(request, 403, "origin not allowed")
             return None
         try:
@@ -79,6 +92,7 @@ class Gate:
             self.log.warn(
                 "{conn_id} handshake from {peer} refused: {reason}", conn_id=conn_id, peer=peer, reason=e.reason
             )
+            self._count_refusal(e.reason)
             headers = {b"www-authenticate": e.challenge()} if e.status == 401 else {b"retry-after": b"10"}
             refuse(request, e.status, e.reason, headers)
             return None

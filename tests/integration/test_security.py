@@ -429,6 +429,8 @@ class HardeningTests(SecurityTestCase):
         status, _, _ = await self.handshake(kiwi, Origin="https://app.example")
         self.assertEqual(status, "HTTP/1.1 101 Switching Protocols")
         self.assertIn("origin https://evil.example not allowed", kiwi.output)
+        _, _, metrics = await kiwi.get("/metrics")
+        self.assertIn('kiwi_handshake_refusals_total{reason="origin not allowed"} 1.0', metrics.decode())
 
     async def test_connectionLimits(self) -> None:
         """

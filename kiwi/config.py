@@ -121,6 +121,7 @@ class ServerConfig:
     workers: int = 1
     coalesce_writes: bool = True
     direct_write: bool = True
+    permessage_deflate: bool = False
     tls: TLSSettings | None = None
     max_message_size: int = 64 * 1024
     allowed_origins: tuple[str, ...] | None = None
@@ -561,6 +562,7 @@ class _Reader:
                 "workers",
                 "coalesce_writes",
                 "direct_write",
+                "permessage_deflate",
                 "max_message_size",
                 "allowed_origins",
                 "max_connections",
@@ -634,6 +636,7 @@ class _Reader:
             workers=self.workers(section, listen, reactor),
             coalesce_writes=self.boolean(section, "server", "coalesce_writes", True),
             direct_write=self.boolean(section, "server", "direct_write", True),
+            permessage_deflate=self.boolean(section, "server", "permessage_deflate", False),
             ui=self.boolean(section, "server", "ui", True),
             ui_path=self.ui_path(section),
         )

@@ -499,6 +499,18 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             self.transport.write(data)
 
 
+def _accept_deflate(offers: list[Any]) -> Any:
+    """
+    Accept a client's first permessage-deflate offer (C{server.permessage_deflate}).
+    """
+    from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer)
+    return None
+
+
 class KiwiServerFactory(WebSocketServerFactory):
     """
     Builds L{KiwiServerProtocol}s sharing one registry.
@@ -564,6 +576,9 @@ class KiwiServerFactory(WebSocketServerFactory):
             self.gate = Gate(OriginPolicy(server.allowed_origins), self.authenticator, self.count_refusal)
         config = self.server_config
         self.setProtocolOptions(
+            # Compression costs CPU per client and message (frames can no
+            # longer be shared), so it is only offered when configured.
+            perMessageCompressionAccept=_accept_deflate if config.permessage_deflate else (lambda offers: None),
             # Larger messages and frames close the connection with 1009.
             maxMessagePayloadSize=config.max_message_size,
             maxFramePayloadSize=config.max_message_size,

@@ -114,3 +114,29 @@ class JoinedWriteTests(WebSocketTestMixin, SynchronousTestCase):
         server.send_frame(Frame(protocol.encode_result(CounterEvent("c", 1)), "c"))
         pump.flush()
         self.assertEqual(len(client.take()), 1)
+
+
+class DeflateTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    permessage-deflate is off unless C{server.permessage_deflate} is set.
+    """
+
+    def offer(self) -> list[object]:
+        from autobahn.websocket.compress import PerMessageDeflateOffer
+
+        return [PerMessageDeflateOffer()]
+
+    def test_default_declined(self) -> None:
+        """
+        By default a client's deflate offer is declined.
+        """
+        self.setUpWebSocket(server_config=ServerConfig(listen=""))
+        self.assertIsNone(self.factory.perMessageCompressionAccept(self.offer()))
+
+    def test_configured_accepted(self) -> None:
+        """
+        With C{permessage_deflate: true} the offer is accepted, and frames
+        still reach the client.
+        """
+        self.setUpWebSocket(server_config=ServerConfig(listen="", permessage_deflate=True))
+        self.assertIsNotNone(self.factory.perMessageCompressionAccept(self.offer()))

@@ -10,6 +10,7 @@ frame, transformed ones get a frame of their own.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import Any
@@ -107,8 +108,21 @@ class Registry:
         self._sources: dict[str, ISource] = {}
         self._by_source: dict[str, dict[ISubscriber, Subscription]] = {}
         self._by_subscriber: dict[ISubscriber, dict[str, Subscription]] = {}
-        self.events_in: dict[str, int] = {}
-        self.events_out: dict[str, int] = {}
+
+    @property
+    def events_in(self) -> Counter[str]:
+        """
+        Events received per source (the same counter as C{/metrics}).
+        """
+        return self.stats.received
+
+    @property
+    def events_out(self) -> Counter[str]:
+        """
+        Events handed to subscribers per source, less those a slow
+        connection dropped (the same counter as C{/metrics}).
+        """
+        return self.stats.delivered
 
     # Sources
 
@@ -245,7 +259,6 @@ class Registry:
 
     def publish(self, source_id: str, events: Sequence[Event]) -> None:
         self.stats.received[source_id] += len(events)
-        self.events_in[source_id] = self.events_in.get(source_id, 0) + len(events)
         subscriptions = self._by_source.get(source_id)
         if not subscriptions:
             return
@@ -279,7 +292,7 @@ class Registry:
                 self.stats.dropped[subscription.source_id, reason] += 1
 
     def _send(self, subscription: Subscription, frame: Frame) -> None:
-        self.events_out[subscription.source_id] = self.events_out.get(subscription.source_id, 0) + 1
+        self.stats.delivered[subscription.source_id] += 1
         subscription.subscriber.send_frame(frame)
 
     def _send_notice(self, subscription: Subscription, count: int) -> None:

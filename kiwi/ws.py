@@ -419,12 +419,11 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             return
         source_id = frame.event_source
         kept = outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, source_id)
-        stats = self.factory.registry.stats
-        if source_id is not None:
-            if kept:
-                stats.delivered[source_id] += 1
-            else:
-                stats.dropped[source_id, "slow_client"] += 1
+        if source_id is not None and not kept:
+            # The registry counted it as delivered when it handed it over.
+            stats = self.factory.registry.stats
+            stats.delivered[source_id] -= 1
+            stats.dropped[source_id, "slow_client"] += 1
         if not kept and outbox.overflowed:
             # Replies and notices are never dropped; this many unread ones
             # mean the client does not read at all.

@@ -11,7 +11,7 @@ WSGI app in a thread pool, which would read them while they change.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -58,68 +58,66 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         stats = self._stats
         live = self._live()
-
-        connections = GaugeMetricFamily("kiwi_connections", "Open WebSocket connections.")
-        connections.add_metric([], live["connections"])
-        yield connections
-
-        pending = GaugeMetricFamily("kiwi_pending_bytes", "Bytes waiting in connection outboxes.")
-        pending.add_metric([], live["pending_bytes"])
-        yield pending
-
-        subscriptions = GaugeMetricFamily(
-            "kiwi_subscriptions", "Subscriptions per source and mode.", labels=["source_id", "mode"]
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+        yield _family(gauge, "kiwi_connections", "Open WebSocket connections.", [], {(): live["connections"]})
+        yield _family(
+            gauge, "kiwi_pending_bytes", "Bytes waiting in connection outboxes.", [], {(): live["pending_bytes"]}
         )
-        for (source_id, mode), count in sorted(live["subscriptions"].items()):
-            subscriptions.add_metric([source_id, mode], count)
-        yield subscriptions
-
-        received = CounterMetricFamily("kiwi_events_received", "Events received from sources.", labels=["source_id"])
-        for source_id, count in sorted(stats.received.items()):
-            received.add_metric([source_id], count)
-        yield received
-
-        delivered = CounterMetricFamily(
-            "kiwi_events_delivered", "Events handed to client connections.", labels=["source_id"]
+        yield _family(
+            gauge,
+            "kiwi_subscriptions",
+            "Subscriptions per source and mode.",
+            ["source_id", "mode"],
+            live["subscriptions"],
         )
-        for source_id, count in sorted(stats.delivered.items()):
-            delivered.add_metric([source_id], count)
-        yield delivered
-
-        dropped = CounterMetricFamily(
-            "kiwi_events_dropped", "Events dropped for a subscriber, by reason.", labels=["source_id", "reason"]
+        yield _family(
+            counter, "kiwi_events_received", "Events received from sources.", ["source_id"], stats.received
         )
-        for (source_id, reason), count in sorted(stats.dropped.items()):
-            dropped.add_metric([source_id, reason], count)
-        yield dropped
-
-        lag = CounterMetricFamily("kiwi_lag_notices", "LAG notices sent.", labels=["source_id"])
-        for source_id, count in sorted(stats.lag_notices.items()):
-            lag.add_metric([source_id], count)
-        yield lag
-
-        consumer_lag = GaugeMetricFamily(
+        yield _family(
+            counter, "kiwi_events_delivered", "Events handed to client connections.", ["source_id"], stats.delivered
+        )
+        yield _family(
+            counter,
+            "kiwi_events_dropped",
+            "Events dropped for a subscriber, by reason.",
+            ["source_id", "reason"],
+            stats.dropped,
+        )
+        yield _family(counter, "kiwi_lag_notices", "LAG notices sent.", ["source_id"], stats.lag_notices)
+        yield _family(
+            gauge,
             "kiwi_kafka_consumer_lag",
             "Records behind the partition's end, from librdkafka statistics.",
-            labels=["source_id", "partition"],
+            ["source_id", "partition"],
+            live["consumer_lag"],
         )
-        for (source_id, partition), value in sorted(live["consumer_lag"].items()):
-            consumer_lag.add_metric([source_id, str(partition)], value)
-        yield consumer_lag
+        yield _family(
+            counter,
+            "kiwi_handshake_refusals",
+            "Refused WebSocket handshakes, by reason.",
+            ["reason"],
+            stats.handshake_refusals,
+        )
+        outcomes = {outcome: stats.reloads[outcome] for outcome in ("applied", "partially_applied", "rejected")}
+        yield _family(counter, "kiwi_config_reloads", "Configuration reloads, by outcome.", ["outcome"], outcomes)
 
-        refusals = CounterMetricFamily(
-            "kiwi_handshake_refusals", "Refused WebSocket handshakes, by reason.", labels=["reason"]
-        )
-        for reason, count in sorted(stats.handshake_refusals.items()):
-            refusals.add_metric([reason], count)
-        yield refusals
 
-        reloads = CounterMetricFamily(
-            "kiwi_config_reloads", "Configuration reloads, by outcome.", labels=["outcome"]
-        )
-        for outcome in ("applied", "partially_applied", "rejected"):
-            reloads.add_metric([outcome], stats.reloads[outcome])
-        yield reloads
+def _family(
+    kind: type[GaugeMetricFamily] | type[CounterMetricFamily],
+    name: str,
+    documentation: str,
+    labels: list[str],
+    values: Mapping[Any, float],
+) -> Metric:
+    """
+    One metric family with a sample per key of C{values}: a key is one label
+    value, or a tuple of them (C{()} when there are no labels).
+    """
+    family = kind(name, documentation, labels=labels)
+    for key, value in sorted(values.items()):
+        label_values = key if isinstance(key, tuple) else (key,)
+        family.add_metric([str(v) for v in label_values], value)
+    return family
 
 
 class Metrics:

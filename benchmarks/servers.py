@@ -249,6 +249,11 @@ class Server:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def _profile_options() -> list[str]:
+    path = os.environ.get("KIWI_BENCH_PROFILE")
+    return [f"--profile={path}", "--profiler=cprofile", "--savestats"] if path else []
+
+
 class KiwiServer(Server):
     """
     Kiwi as users run it: C{twistd -n kiwi --config ...}, one Kafka source.
@@ -280,6 +285,7 @@ class KiwiServer(Server):
             twistd_path(),
             "-n",
             "--pidfile=",
+            *_profile_options(),
             "kiwi",
             "--config",
             self.config_path,

@@ -137,6 +137,13 @@ class Outbox(Generic[T]):
         return len(self._queue)
 
     @property
+    def idle(self) -> bool:
+        """
+        Whether an item put now would be written at once.
+        """
+        return not self.paused and not self._queue
+
+    @property
     def over_budget(self) -> bool:
         """
         Whether events have been dropped since the queue last drained, or

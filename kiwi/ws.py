@@ -47,7 +47,7 @@ from kiwi.plugins import REJECT, HttpRequest, WithContext
 from kiwi.plugins import IAuthenticator as IAuthenticatePlugin
 from kiwi.plugins.host import PluginHost
 from kiwi.protocol import Authenticate, ProtocolError, Request as RequestCommand, Subscribe, Unsubscribe
-from kiwi.registry import Frame, ISubscriber, Registry
+from kiwi.registry import Frame, FrameRun, ISubscriber, Registry
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY_VIOLATION = 1008
@@ -443,6 +443,24 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             )
             self._slow_timer = self.factory.clock.callLater(timeout, self._too_slow)
 
+    def send_frames(self, run: FrameRun) -> None:
+        """
+        Hand a run of frames over: when nothing waits and the transport
+        takes writes, all of them at once, as the bytes every such
+        connection shares; otherwise one by one, as L{send_frame} does.
+        """
+        outbox = self._outbox
+        if outbox is None or self.state != self.STATE_OPEN:
+            return
+        if outbox.idle and self._writes_prepared():
+            wire = run.prepared
+            if wire is None:
+                wire = run.prepared = b"".join(self._prepared(frame).payloadHybi for frame in run.frames)
+            self._write_bytes(wire)
+            return
+        for frame in run.frames:
+            self.send_frame(frame)
+
     def _stop_slow_timer(self) -> None:
         if self._slow_timer is not None and self._slow_timer.active():
             self._slow_timer.cancel()
@@ -460,29 +478,46 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN:
             return
-        prepared = frame.prepared
-        if prepared is None:
-            prepared = frame.prepared = self.factory.prepareMessage(frame.payload, isBinary=False)
-        transport = self.transport
-        if (
-            transport is not None
-            and getattr(self, "_perMessageCompress", None) is None
-            and not getattr(self, "send_queue", None)
-        ):
-            # What sendPreparedMessage does without compression, minus the
-            # debug line Autobahn formats for every write: most of its cost,
-            # paid for every connection and event.
-            coalescer = self.factory.coalescer
-            if coalescer is None:
-                transport.write(prepared.payloadHybi)
-                return
-            if self._batch is None:
-                self._batch = []
-                coalescer.mark(self)
-            self._batch.append(prepared.payloadHybi)
+        prepared = self._prepared(frame)
+        if self._writes_prepared():
+            self._write_bytes(prepared.payloadHybi)
         else:
             self.flush_batch()
             self.sendPreparedMessage(prepared)
+
+    def _prepared(self, frame: Frame) -> Any:
+        prepared = frame.prepared
+        if prepared is None:
+            prepared = frame.prepared = self.factory.prepareMessage(frame.payload, isBinary=False)
+        return prepared
+
+    def _writes_prepared(self) -> bool:
+        """
+        Whether frames framed once for every connection can go to this
+        transport as they are: not when the connection compresses, nor
+        while Autobahn has writes of its own queued.
+        """
+        return (
+            self.transport is not None
+            and getattr(self, "_perMessageCompress", None) is None
+            and not getattr(self, "send_queue", None)
+        )
+
+    def _write_bytes(self, data: bytes) -> None:
+        """
+        Write framed bytes: with this turn's batch, or at once when writes
+        are not joined. This is what C{sendPreparedMessage} does without
+        compression, minus the debug line Autobahn formats for every write:
+        most of its cost, paid for every connection and event.
+        """
+        coalescer = self.factory.coalescer
+        if coalescer is None:
+            self.transport.write(data)
+            return
+        if self._batch is None:
+            self._batch = []
+            coalescer.mark(self)
+        self._batch.append(data)
 
     def flush_batch(self) -> None:
         """

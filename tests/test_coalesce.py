@@ -140,3 +140,28 @@ class DeflateTests(WebSocketTestMixin, SynchronousTestCase):
         """
         self.setUpWebSocket(server_config=ServerConfig(listen="", permessage_deflate=True))
         self.assertIsNotNone(self.factory.perMessageCompressionAccept(self.offer()))
+
+    def test_configured_runsCompressedPerFrame(self) -> None:
+        """
+        A connection that compresses gets each event of a published batch
+        as a message of its own (compressed for it alone), in order.
+        """
+        from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateResponseAccept
+
+        self.setUpWebSocket(server_config=ServerConfig(listen="", permessage_deflate=True))
+        server = self.factory.buildProtocol(None)
+        client, pump = self.connect_protocol(
+            server,
+            {
+                "perMessageCompressionOffers": [PerMessageDeflateOffer()],
+                "perMessageCompressionAccept": PerMessageDeflateResponseAccept,
+            },
+        )
+        self.assertIsNotNone(server._perMessageCompress)
+        client.sendMessage(b'{"type":"SUBSCRIBE","sourceId":"c"}')
+        pump.flush()
+        client.take()
+        self.registry.publish("c", [CounterEvent("c", n) for n in (1, 2, 3)])
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual([json.loads(m)["data"]["count"] for m in client.take()], [1, 2, 3])

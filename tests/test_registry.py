@@ -15,7 +15,7 @@ from kiwi import protocol
 from kiwi.config import SubscriberConfig
 from kiwi.errors import ClientError
 from kiwi.events import CounterEvent
-from kiwi.registry import Frame, ISubscriber, Registry
+from kiwi.registry import Frame, FrameRun, ISubscriber, Registry
 from kiwi.sources import IEventSink, ISource
 
 
@@ -30,9 +30,14 @@ class FakeSubscriber:
         self.auth_context = auth_context
         self.plugin_addr = plugin_addr
         self.frames: list[Frame] = []
+        self.runs: list[FrameRun] = []
 
     def send_frame(self, frame: Frame) -> None:
         self.frames.append(frame)
+
+    def send_frames(self, run: FrameRun) -> None:
+        self.runs.append(run)
+        self.frames.extend(run.frames)
 
     @property
     def payloads(self) -> list[bytes]:
@@ -209,6 +214,22 @@ class RegistryTests(SynchronousTestCase):
                 self.assertIs(mine, theirs)
         self.assertEqual(len({id(f) for f in self.alice.frames}), 3)
 
+    def test_publish_pushGetsOneRun(self) -> None:
+        """
+        Each push subscriber gets a whole published batch in one call, the
+        same L{FrameRun} for all, and every event counts as delivered once
+        per subscriber.
+        """
+        for subscriber in (self.alice, self.bob):
+            self.registry.subscribe(subscriber, "s", "push")
+        self.registry.publish("s", _events("s", 1, 2, 3))
+        self.assertEqual(len(self.alice.runs), 1)
+        self.assertEqual(len(self.bob.runs), 1)
+        self.assertIs(self.alice.runs[0], self.bob.runs[0])
+        self.assertEqual(self.alice.counts(), [1, 2, 3])
+        self.assertEqual(self.registry.events_out["s"], 6)
+        self.assertEqual(self.registry.events_in["s"], 3)
+
     def test_publish_onlyThatSource(self) -> None:
         """
         Subscribers get only the events of the sources they subscribe to.
@@ -372,6 +393,19 @@ class RegistryPullTests(SynchronousTestCase):
         self.registry.request(self.alice, "s", 1)
         self.assertEqual(self.alice.counts(), [1, 2])
         self.assertIs(self.alice.frames[1], self.bob.frames[1])
+
+    def test_pull_neverGetsRuns(self) -> None:
+        """
+        A pull subscriber is offered events one by one (its credits decide
+        each), even beside push subscribers that get the batch as a run.
+        """
+        self.registry.subscribe(self.bob, "s", "push")
+        self.registry.request(self.alice, "s", 5)
+        self.registry.publish("s", _events("s", 1, 2))
+        self.assertEqual(self.alice.runs, [])
+        self.assertEqual(self.alice.counts(), [1, 2])
+        self.assertEqual(len(self.bob.runs), 1)
+        self.assertEqual(self.registry.events_out["s"], 4)
 
     def test_pull_independentSubscriptions(self) -> None:
         """

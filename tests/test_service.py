@@ -20,7 +20,7 @@ from zope.interface.verify import verifyObject
 from kiwi.config import KiwiConfig, diff_sources, parse_config, restart_required
 from kiwi.errors import ClientError
 from kiwi.events import CounterEvent
-from kiwi.registry import Frame, ISubscriber
+from kiwi.registry import Frame, FrameRun, ISubscriber
 from kiwi.service import CHANGED, REMOVED, KiwiService, ReloadOutcome
 
 TWO_COUNTERS = """\
@@ -65,6 +65,9 @@ class FakeSubscriber:
 
     def send_frame(self, frame: Frame) -> None:
         self.frames.append(frame)
+
+    def send_frames(self, run: FrameRun) -> None:
+        self.frames.extend(run.frames)
 
     @property
     def messages(self) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from zope.interface.verify import verifyObject
 from kiwi import protocol
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.events import CounterEvent
-from kiwi.registry import Frame, ISubscriber, Registry
+from kiwi.registry import Frame, FrameRun, ISubscriber, Registry
 from kiwi.sources import ISource
 from kiwi.ws import (
     CLOSE_GOING_AWAY,
@@ -125,12 +125,18 @@ class WebSocketTestMixin:
         self.registry.add_source(FakeSource("d"))
         self.factory = KiwiServerFactory(self.registry, self.clock, server_config)
 
-    def connect_protocol(self, server: Any) -> tuple[RecordingClient, iosim.IOPump]:
+    def connect_protocol(
+        self, server: Any, client_options: dict[str, Any] | None = None
+    ) -> tuple[RecordingClient, iosim.IOPump]:
         """
         Connect a new client to the server-side protocol C{server} and
         complete the handshake.
+
+        @param client_options: Autobahn protocol options for the client.
         """
         client_factory = WebSocketClientFactory(url="ws://localhost:8000/", reactor=self.clock)
+        if client_options:
+            client_factory.setProtocolOptions(**client_options)
         client_factory.protocol = RecordingClient
         client = client_factory.buildProtocol(SERVER_ADDRESS)
         server_io = iosim.FakeTransport(server, isServer=True, hostAddress=SERVER_ADDRESS, peerAddress=CLIENT_ADDRESS)
@@ -305,6 +311,70 @@ class KiwiServerProtocolTests(WebSocketTestMixin, SynchronousTestCase):
         expected = [protocol.encode_result(CounterEvent("c", 7))]
         self.assertEqual(one.take(), expected)
         self.assertEqual(two.take(), expected)
+
+    def test_push_runWrittenAsSharedBytes(self) -> None:
+        """
+        Connections that can write at once get a published batch as one
+        joined piece of framed bytes, built once and shared by all of them.
+        """
+        one, server_one, pump_one = self.connect()
+        two, server_two, pump_two = self.connect()
+        self.send(one, pump_one, {"type": "SUBSCRIBE", "sourceId": "c"})
+        self.send(two, pump_two, {"type": "SUBSCRIBE", "sourceId": "c"})
+        written: list[bytes] = []
+        for server in (server_one, server_two):
+            assert server.transport is not None
+            original = server.transport.write
+
+            def write(data: bytes, original: Any = original) -> None:
+                written.append(data)
+                original(data)
+
+            self.patch(server.transport, "write", write)
+        runs: list[FrameRun] = []
+        original_send = server_one.send_frames
+
+        def send_frames(run: FrameRun) -> None:
+            runs.append(run)
+            original_send(run)
+
+        self.patch(server_one, "send_frames", send_frames)
+        self.registry.publish("c", [CounterEvent("c", n) for n in (1, 2, 3)])
+        self.clock.advance(0)
+        self.assertEqual(len(written), 2)
+        self.assertIs(written[0], written[1])
+        self.assertIs(written[0], runs[0].prepared)
+        pump_one.flush()
+        pump_two.flush()
+        expected = [_result("c", n) for n in (1, 2, 3)]
+        self.assertEqual(one.take(), expected)
+        self.assertEqual(two.take(), expected)
+
+    def test_push_runAfterReplyKeepsOrder(self) -> None:
+        """
+        A run handed over in the same turn as a reply follows it.
+        """
+        client, server, pump = self.connect()
+        client.sendMessage(json.dumps({"type": "SUBSCRIBE", "sourceId": "c"}).encode())
+        pump.flush()
+        self.registry.publish("c", [CounterEvent("c", 1), CounterEvent("c", 2)])
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual(client.take(), [protocol.subscribe_ok("c"), _result("c", 1), _result("c", 2)])
+
+    def test_sendFrames_notOpen(self) -> None:
+        """
+        A run for a connection that is no longer open is ignored.
+        """
+        client, server, pump = self.connect()
+        client.sendClose(1000)
+        pump.flush()
+        self.clock.advance(10)
+        pump.flush()
+        run = FrameRun([Frame(b"{}", "c")])
+        server.send_frames(run)
+        self.assertIsNone(run.prepared)
+        self.assertIsNone(run.frames[0].prepared)
 
     def test_request_deliversBufferThenReplies(self) -> None:
         """
@@ -587,6 +657,44 @@ class ProducerTests(WebSocketTestMixin, SynchronousTestCase):
         server.resumeProducing()
         pump.flush()
         self.assertEqual(client.take(), payloads[:kept] + [protocol.lag_notice("c", 40 - kept)])
+
+    def test_pause_runQueuedFrameByFrame(self) -> None:
+        """
+        A run that reaches a paused connection is queued frame by frame
+        within the budget like single frames, and the events dropped are
+        moved from delivered to dropped in the statistics.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        payloads = [_result("c", n) for n in range(40)]
+        self.registry.publish("c", [CounterEvent("c", n) for n in range(40)])
+        kept = self.kept(payloads)
+        self.assertLessEqual(server.pending_bytes, BUDGET)
+        stats = self.registry.stats
+        self.assertEqual(stats.delivered["c"], kept)
+        self.assertEqual(stats.dropped["c", "slow_client"], 40 - kept)
+        server.resumeProducing()
+        pump.flush()
+        self.assertEqual(client.take(), payloads[:kept] + [protocol.lag_notice("c", 40 - kept)])
+
+    def test_queued_runWaitsBehindQueue(self) -> None:
+        """
+        While frames wait in the outbox, a run queues behind them even if
+        the transport is no longer paused, so that order is kept.
+        """
+        client, server, pump = self.connect()
+        self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+        server.pauseProducing()
+        self.registry.publish("c", [CounterEvent("c", 1)])
+        assert server._outbox is not None
+        server._outbox.paused = False
+        self.registry.publish("c", [CounterEvent("c", 2)])
+        self.assertEqual(server._outbox.pending, 2)
+        server.resumeProducing()
+        self.clock.advance(0)
+        pump.flush()
+        self.assertEqual(client.take(), [_result("c", 1), _result("c", 2)])
 
     def test_lag_countPerSource(self) -> None:
         """
@@ -1046,6 +1154,9 @@ class _Subscriber:
     conn_id = "x"
 
     def send_frame(self, frame: Frame) -> None:
+        pass
+
+    def send_frames(self, run: FrameRun) -> None:
         pass
 
 

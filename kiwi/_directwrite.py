@@ -55,7 +55,7 @@ def write(transport: Any, data: bytes) -> int:
         transport.write(data)
         return 0
     try:
-        sent = transport.socket.send(data)
+        sent: int = transport.socket.send(data)
     except OSError as e:
         if e.errno not in _RETRY:
             # Let Twisted meet the error in its own write path and close

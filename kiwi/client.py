@@ -125,7 +125,7 @@ class _Factory(WebSocketClientFactory):
     protocol = _Protocol
 
     def __init__(self, client: KiwiClient, url: str, **kwargs: Any) -> None:
-        super().__init__(url, **kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(url, **kwargs)
         self.client = client
 
     def buildProtocol(self, addr: Any) -> _Protocol:
@@ -391,7 +391,7 @@ class KiwiClient:
         """
 
         def unwrap(failure: Failure) -> dict[str, Any]:
-            failure.trap(KiwiCommandError)  # type: ignore[no-untyped-call]
+            failure.trap(KiwiCommandError)
             error = failure.value
             assert isinstance(error, KiwiCommandError)
             return error.reply
@@ -450,7 +450,7 @@ class KiwiClient:
                 waiter.callback(reply)
 
         def refused(failure: Failure) -> None:
-            if failure.check(ConnectionClosed):  # type: ignore[no-untyped-call]
+            if failure.check(ConnectionClosed):
                 return  # renewed on reconnect
             if self.subscriptions.get(subscription.source_id) is subscription:
                 del self.subscriptions[subscription.source_id]

@@ -62,7 +62,7 @@ class StaticFile(Resource):
     isLeaf = True
 
     def __init__(self, name: str) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self.path = os.path.join(STATIC, name)
         self._type = _TYPES[os.path.splitext(name)[1]]
 
@@ -93,7 +93,7 @@ class StatsResource(Resource):
     isLeaf = True
 
     def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
-        super().__init__()  # type: ignore[no-untyped-call]
+        super().__init__()
         self._stats = stats
 
     def render_GET(self, request: Request) -> bytes:

@@ -91,10 +91,10 @@ def split_tls(description: str, tls: TLSSettings | None = None) -> tuple[str, TL
     if port is None:
         raise ValueError("an ssl: description needs a port")
     private_key = kwargs.get("privateKey", "server.pem")
-    stream = "tcp:" + quoteStringArgument(port)  # type: ignore[no-untyped-call]
+    stream = "tcp:" + quoteStringArgument(port)
     for name in ("interface", "backlog"):
         if name in kwargs:
-            stream += f":{name}=" + quoteStringArgument(kwargs[name])  # type: ignore[no-untyped-call]
+            stream += f":{name}=" + quoteStringArgument(kwargs[name])
     return stream, TLSSettings(
         cert=kwargs.get("certKey", private_key), key=private_key, chain=kwargs.get("extraCertChain")
     )
@@ -152,7 +152,7 @@ class ListenerService(Service):
                 self.tls = ServerTLS(load_server_options(settings))
                 factory = TLSMemoryBIOFactory(self.tls, False, factory, clock=self._reactor)
         except Exception:
-            self._failed(Failure())  # type: ignore[no-untyped-call]
+            self._failed(Failure())
             return
         d = endpoint.listen(factory)
         d.addCallbacks(self._listening, self._failed)

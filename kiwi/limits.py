@@ -95,7 +95,7 @@ class GuardedConnection(ProtocolWrapper):
 
     def makeConnection(self, transport: Any) -> None:
         self._deadline = self.factory.clock.callLater(self.factory.handshake_timeout_s, self._too_slow)
-        super().makeConnection(transport)  # type: ignore[no-untyped-call]
+        super().makeConnection(transport)
 
     def mark_answered(self) -> None:
         """
@@ -109,18 +109,18 @@ class GuardedConnection(ProtocolWrapper):
     def write(self, data: bytes) -> None:
         if not self.answered:
             self.mark_answered()
-        super().write(data)  # type: ignore[no-untyped-call]
+        super().write(data)
 
     def writeSequence(self, data: Any) -> None:
         if not self.answered:
             self.mark_answered()
-        super().writeSequence(data)  # type: ignore[no-untyped-call]
+        super().writeSequence(data)
 
     def _too_slow(self) -> None:
         self._deadline = None
         self.factory.log.info(
             "dropped {peer}: no handshake within {timeout}s",
-            peer=_peer(self.getPeer()),  # type: ignore[no-untyped-call]
+            peer=_peer(self.getPeer()),
             timeout=self.factory.handshake_timeout_s,
         )
         self.transport.abortConnection()  # type: ignore[union-attr]
@@ -129,7 +129,7 @@ class GuardedConnection(ProtocolWrapper):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
-        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+        super().connectionLost(reason)
 
 
 class _Refusal(Protocol):
@@ -207,7 +207,7 @@ class ConnectionGuard(WrappingFactory):
         handshake_timeout_s: float,
         count_refusal: Callable[[str], None] | None = None,
     ) -> None:
-        super().__init__(wrapped)  # type: ignore[no-untyped-call]
+        super().__init__(wrapped)
         self._count_refusal = count_refusal or (lambda reason: None)
         self.clock = clock
         self.max_connections = max_connections
@@ -242,14 +242,14 @@ class ConnectionGuard(WrappingFactory):
         return _Refusal(self, *refusal)
 
     def registerProtocol(self, p: GuardedConnection) -> None:
-        super().registerProtocol(p)  # type: ignore[no-untyped-call]
+        super().registerProtocol(p)
         self.count += 1
-        p.host = host = _host(p.getPeer())  # type: ignore[no-untyped-call]
+        p.host = host = _host(p.getPeer())
         if host is not None:
             self.per_host[host] = self.per_host.get(host, 0) + 1
 
     def unregisterProtocol(self, p: GuardedConnection) -> None:
-        super().unregisterProtocol(p)  # type: ignore[no-untyped-call]
+        super().unregisterProtocol(p)
         self.count -= 1
         host = p.host
         if host is not None:

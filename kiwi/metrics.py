@@ -128,7 +128,7 @@ class Metrics:
 
     def __init__(self, stats: Stats, live: Callable[[], dict[str, Any]]) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(_Collector(stats, live))  # type: ignore[arg-type]
+        self.registry.register(_Collector(stats, live))
         self.plugin_seconds = Histogram(
             "kiwi_plugin_call_seconds",
             "Time spent in WebAssembly plugin calls, by hook.",

@@ -328,9 +328,7 @@ class KiwiService(MultiService):
         stops = []
         for child in reversed(list(self)):
             d = Deferred.fromCoroutine(_stop(child))
-            d.addErrback(
-                lambda f, name=child.name: self.log.failure("{service} failed to stop", f, service=name)
-            )
+            d.addErrback(lambda f, name: self.log.failure("{service} failed to stop", f, service=name), child.name)
             stops.append(d)
         return DeferredList(stops).addCallback(lambda _: None)
 

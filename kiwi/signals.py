@@ -27,7 +27,7 @@ def install_signal_handlers(
     signal arrives, so reloads count), Kiwi exits 1 anyway. A second
     signal during the stop is only logged.
     """
-    stopping = []
+    stopping: list[str] = []
 
     def stop(signum: int, frame: object) -> None:
         name = signal.Signals(signum).name

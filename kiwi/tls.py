@@ -175,7 +175,7 @@ def load_server_options(
         certificate=crypto.X509.from_cryptography(leaf),
         extraCertChain=[crypto.X509.from_cryptography(c) for c in chain],
         raiseMinimumTo=MINIMUM_VERSION,
-        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),  # type: ignore[no-untyped-call]
+        acceptableCiphers=AcceptableCiphers.fromOpenSSLCipherString(CIPHERS),
         verify=bool(authorities),
         caCerts=[crypto.X509.from_cryptography(c) for c in authorities] or None,
         requireCertificate=bool(authorities),

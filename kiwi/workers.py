@@ -25,9 +25,10 @@ import signal
 import socket
 import sys
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import (
     SSL4ServerEndpoint,
@@ -139,7 +140,7 @@ class PortFile(Service):
         assert self._port is not None
         temporary = self._path + ".tmp"
         with open(temporary, "w") as f:
-            f.write(str(self._port.getHost().port))
+            f.write(str(cast(IPv4Address, self._port.getHost()).port))
         os.replace(temporary, self._path)
 
     def stopService(self) -> Deferred[None]:
@@ -163,7 +164,7 @@ def sibling_ports(directory: str, own_index: int) -> dict[int, int]:
     """
     The private HTTP ports of the other workers, by index.
     """
-    ports = {}
+    ports: dict[int, int] = {}
     try:
         names = os.listdir(directory)
     except OSError:
@@ -359,7 +360,7 @@ def merge_expositions(texts: dict[str, str]) -> bytes:
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Fixed())  # type: ignore[arg-type]
+    registry.register(_Fixed())
     return generate_latest(registry)
 
 
@@ -403,10 +404,10 @@ class AcrossWorkers:
         C{path}'s body from every sibling, by worker index (C{None} when one
         did not answer).
         """
-        from twisted.web.client import Agent, HTTPConnectionPool, readBody
+        from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 
         class QuietPool(HTTPConnectionPool):
-            class _factory(HTTPConnectionPool._factory):  # type: ignore[name-defined,misc]
+            class _factory(_HTTP11ClientFactory):
                 noisy = False
 
         agent = Agent(self._reactor, connectTimeout=self.TIMEOUT_S, pool=QuietPool(self._reactor, persistent=False))

@@ -18,16 +18,17 @@ from time import perf_counter
 import json
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.twisted.util import peer2str
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
+from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
@@ -160,7 +161,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
                 peer=self.peer_address,
             )
             self.factory.count_refusal("authenticate plugin")
-            raise ConnectionDeny(401, "Unauthorized")  # type: ignore[no-untyped-call]
+            raise ConnectionDeny(401, "Unauthorized")
         if isinstance(outcome, WithContext):
             self._plugin_context = outcome.context
 
@@ -195,9 +196,10 @@ class KiwiServerProtocol(WebSocketServerProtocol):
     def _become_producer(self) -> None:
         # Twisted Web's HTTP channel registered itself as the transport's
         # producer before the connection was handed to us.
-        if getattr(self.transport, "producer", None) is not None:
-            self.transport.unregisterProducer()
-        self.transport.registerProducer(self, True)
+        transport = cast(IConsumer, self.transport)
+        if getattr(transport, "producer", None) is not None:
+            transport.unregisterProducer()
+        transport.registerProducer(self, True)
 
     # IPushProducer: the transport's signals about its write buffer.
 
@@ -353,7 +355,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         self._reply(protocol.authenticate_ok(identity.expires_at))
 
     def _reauthentication_refused(self, failure: Failure) -> None:
-        failure.trap(AuthError)  # type: ignore[no-untyped-call]
+        failure.trap(AuthError)
         reason = failure.value.reason  # type: ignore[union-attr]
         self._log.warn("{conn_id} AUTHENTICATE refused: {reason}", conn_id=self.conn_id, reason=reason)
         self._reply(protocol.authenticate_error(reason))
@@ -512,6 +514,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         coalescer = self.factory.coalescer
         if coalescer is None:
+            assert self.transport is not None  # checked by _writes_prepared()
             self.transport.write(data)
             return
         if self._batch is None:
@@ -552,7 +555,8 @@ class KiwiServerFactory(WebSocketServerFactory):
     @ivar connections: The open connections, for shutdown and statistics.
     """
 
-    protocol = KiwiServerProtocol
+    # Twisted types a protocol's factory as Factory[Self]; ours narrows it.
+    protocol = KiwiServerProtocol  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -569,7 +573,7 @@ class KiwiServerFactory(WebSocketServerFactory):
         if clock is None:
             from twisted.internet import reactor
 
-            clock = reactor  # type: ignore[assignment]
+            clock = reactor
         self.clock: IReactorTime = clock
         self.server_config: ServerConfig = server_config or ServerConfig(listen="")
         self.authenticator: IAuthenticator = authenticator or OpenAccess()
@@ -702,7 +706,7 @@ class _WebSocketEntry(Resource):
                 # which Autobahn wants to see as such).
                 transport.mark_answered()
                 transport = transport.transport
-            connection.makeConnection(transport)  # type: ignore[no-untyped-call]
+            connection.makeConnection(transport)
             if hasattr(transport, "resumeProducing"):
                 transport.resumeProducing()
             head = request.method + b" " + request.uri + b" HTTP/1.1\r\n"
@@ -746,12 +750,13 @@ class _QuietSite(Site):
 
     displayTracebacks = False
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         pass
 
     def getResourceFor(self, request: Request) -> IResource:
-        request.setHeader(b"server", b"Kiwi")  # type: ignore[no-untyped-call]
-        return super().getResourceFor(request)  # type: ignore[no-any-return, no-untyped-call]
+        request.setHeader(b"server", b"Kiwi")
+        resource: IResource = super().getResourceFor(request)
+        return resource
 
 
 def health_status(registry: Registry, factory: KiwiServerFactory) -> dict[str, Any]:

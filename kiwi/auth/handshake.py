@@ -33,17 +33,17 @@ def refuse(request: Request, status: int, reason: str, headers: dict[bytes, byte
     # the connection after this answer instead of waiting for another
     # request.
     request.channel.persistent = False
-    request.setHeader(b"connection", b"close")  # type: ignore[no-untyped-call]
+    request.setHeader(b"connection", b"close")
     phrase = _PHRASES.get(status, "Refused")
     request.setResponseCode(status, phrase.encode("ascii"))
     for name, value in (headers or {}).items():
-        request.setHeader(name, value)  # type: ignore[no-untyped-call]
-    request.setHeader(b"content-type", b"text/plain; charset=utf-8")  # type: ignore[no-untyped-call]
-    request.setHeader(b"cache-control", b"no-store")  # type: ignore[no-untyped-call]
+        request.setHeader(name, value)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    request.setHeader(b"cache-control", b"no-store")
     body = f"{status} {phrase}: {reason}\n".encode("utf-8")
-    request.setHeader(b"content-length", str(len(body)).encode("ascii"))  # type: ignore[no-untyped-call]
-    request.write(body)  # type: ignore[no-untyped-call]
-    request.finish()  # type: ignore[no-untyped-call]
+    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    request.write(body)
+    request.finish()
 
 
 class Gate:

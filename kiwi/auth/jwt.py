@@ -332,16 +332,16 @@ def https_fetcher(reactor: Any, url: str, ca_path: str | None) -> Callable[[], D
     from twisted.web.http_headers import Headers
 
     if ca_path is None:
-        trust: Any = platformTrust()  # type: ignore[no-untyped-call]
+        trust: Any = platformTrust()
     else:
-        trust = trustRootFromCertificates(  # type: ignore[no-untyped-call]
+        trust = trustRootFromCertificates(
             [Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in load_authorities(ca_path)]
         )
-    agent = Agent(  # type: ignore[no-untyped-call]
+    agent = Agent(
         reactor,
-        contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust),  # type: ignore[no-untyped-call]
+        contextFactory=BrowserLikePolicyForHTTPS(trustRoot=trust),
         connectTimeout=JWKS_TIMEOUT_S,
-        pool=HTTPConnectionPool(reactor, persistent=False),  # type: ignore[no-untyped-call]
+        pool=HTTPConnectionPool(reactor, persistent=False),
     )
     headers = Headers({b"accept": [b"application/jwk-set+json, application/json"], b"user-agent": [b"Kiwi"]})
 
@@ -379,10 +379,10 @@ def _read_limited(response: Any, limit: int) -> Deferred[bytes]:
                 return
             self.chunks.append(data)
 
-        def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # type: ignore[no-untyped-call]
+        def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
             if done.called:
                 return
-            if reason.check(ResponseDone, PotentialDataLoss):  # type: ignore[no-untyped-call]
+            if reason.check(ResponseDone, PotentialDataLoss):
                 done.callback(b"".join(self.chunks))
             else:
                 done.errback(reason)
@@ -472,12 +472,12 @@ class JWTAuthenticator(Service):
     # Service
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         if self._fetch is not None:
             self._periodic_refresh()
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         if self._next_refresh is not None and self._next_refresh.active():
             self._next_refresh.cancel()
         self._next_refresh = None
@@ -529,7 +529,7 @@ class JWTAuthenticator(Service):
     def _fetch_failed(self, failure: Failure) -> None:
         from twisted.internet.defer import CancelledError
 
-        if failure.check(CancelledError) and not self.running:  # type: ignore[no-untyped-call]
+        if failure.check(CancelledError) and not self.running:
             return
         self.log.error(
             "cannot fetch the JWKS from {url}: {error}",

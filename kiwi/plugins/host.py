@@ -93,7 +93,7 @@ class PluginHost(Service):
     # Service
 
     def startService(self) -> None:
-        super().startService()  # type: ignore[no-untyped-call]
+        super().startService()
         self._start_ticker()
         for hook, plugin in (("authenticate", self.hooks.authenticator), ("intercept", self.hooks.interceptor)):
             if plugin is not None:
@@ -101,7 +101,7 @@ class PluginHost(Service):
                 self._warn_foreign_imports(hook, plugin)
 
     def stopService(self) -> Deferred[None]:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         if self._ticker is not None:
             self._ticker.stop()
             self._ticker = None

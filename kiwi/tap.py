@@ -4,6 +4,7 @@ The C{twistd kiwi} command: options and service construction.
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 from twisted.application.service import IService, MultiService
@@ -66,15 +67,34 @@ def _parse_worker(value: str | None) -> tuple[int, str] | None:
     return int(index), directory
 
 
+def freeze_startup_heap() -> None:
+    """
+    Take what is alive once Kiwi has started (modules, classes, the
+    configuration, compiled plugins: half or more of the objects the
+    process will ever hold) out of the cyclic garbage collector's view.
+
+    A full collection walks every tracked object and stops the event loop
+    while it does: with the start-up heap included, one took 100-180 ms
+    with 1,000 connections on the benchmark machine, the p99 of a whole
+    latency run. Frozen objects are never scanned again; they live as long
+    as the process anyway.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build Kiwi's service tree from parsed options: the gateway, plus the
     configuration file watcher when C{reload.watch} is on; SIGHUP reloads.
+    Once the reactor runs, the start-up heap is frozen
+    (L{freeze_startup_heap}).
     """
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
+    reactor.callWhenRunning(freeze_startup_heap)
     from kiwi.reload import FileWatcher, Reloader
     from kiwi.service import KiwiService
     from kiwi.signals import install_signal_handlers

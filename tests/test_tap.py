@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from kiwi.config import CounterSourceConfig, KafkaSourceConfig
 from kiwi.logs import set_level
 from kiwi.service import KiwiService
-from kiwi.tap import Options, makeService
+from kiwi.tap import Options, freeze_startup_heap, makeService
 
 GOOD_CONFIG = """\
 sources:
@@ -183,6 +183,25 @@ class MakeServiceTests(TapTestMixin, SynchronousTestCase):
         self.assertIsNone(self.successResultOf(d))
         self.assertFalse(service.running)
         self.assertEqual(reactor.getDelayedCalls(), [])
+
+    def test_makeService_freezesHeapOnceRunning(self) -> None:
+        """
+        The start-up heap is frozen when the reactor runs, not before.
+        """
+        reactor = MemoryReactor()
+        makeService(self.options("--config", self.write(GOOD_CONFIG)), reactor=reactor)
+        self.assertIn((freeze_startup_heap, (), {}), reactor.whenRunningHooks)
+
+    def test_freezeStartupHeap(self) -> None:
+        """
+        L{freeze_startup_heap} moves the live objects to the collector's
+        permanent generation.
+        """
+        import gc
+
+        self.addCleanup(gc.unfreeze)
+        freeze_startup_heap()
+        self.assertGreater(gc.get_freeze_count(), 0)
 
     def test_makeService_logLevel(self) -> None:
         """

@@ -39,7 +39,7 @@ from kiwi.auth.handshake import Gate, refuse
 from kiwi.auth.origin import OriginPolicy
 from kiwi.config import ServerConfig, SubscriberConfig
 from kiwi.errors import ClientError
-from kiwi import _directwrite
+from kiwi import _internals
 from kiwi.coalesce import Coalescer
 from kiwi.flow import Outbox
 from kiwi.limits import GuardedConnection, TokenBucket
@@ -457,7 +457,8 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         if outbox.idle and self._writes_prepared():
             wire = run.prepared
             if wire is None:
-                wire = run.prepared = b"".join(self._prepared(frame).payloadHybi for frame in run.frames)
+                framed = [_internals.framed_bytes(self._prepared(frame)) for frame in run.frames]
+                wire = run.prepared = b"".join(framed)
             self._write_bytes(wire)
             return
         for frame in run.frames:
@@ -482,7 +483,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             return
         prepared = self._prepared(frame)
         if self._writes_prepared():
-            self._write_bytes(prepared.payloadHybi)
+            self._write_bytes(_internals.framed_bytes(prepared))
         else:
             self.flush_batch()
             self.sendPreparedMessage(prepared)
@@ -499,11 +500,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         transport as they are: not when the connection compresses, nor
         while Autobahn has writes of its own queued.
         """
-        return (
-            self.transport is not None
-            and getattr(self, "_perMessageCompress", None) is None
-            and not getattr(self, "send_queue", None)
-        )
+        return self.transport is not None and _internals.shares_framed_bytes(self)
 
     def _write_bytes(self, data: bytes) -> None:
         """
@@ -531,7 +528,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             return
         data = batch[0] if len(batch) == 1 else b"".join(batch)
         if self.factory.server_config.direct_write:
-            _directwrite.write(self.transport, data)
+            _internals.write(self.transport, data)
         else:
             self.transport.write(data)
 

@@ -1,6 +1,7 @@
 """
-Tests for L{kiwi._directwrite}: straight to the socket when Twisted's
-buffer is empty, through C{transport.write} otherwise.
+Tests for L{kiwi._internals}: straight to the socket when Twisted's
+buffer is empty, through C{transport.write} otherwise; framed messages
+shared between Autobahn connections.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from twisted.internet import abstract
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from kiwi import _directwrite
+from kiwi import _internals
+from tests.test_ws import WebSocketTestMixin
 
 
 class FakeTCPTransport(abstract.FileDescriptor):
@@ -48,7 +50,7 @@ class ErrorSocket(socket.socket):
 
 class DirectWriteTests(SynchronousTestCase):
     """
-    L{_directwrite.write} in each case it meets.
+    L{_internals.write} in each case it meets.
     """
 
     def pair(self) -> tuple[socket.socket, socket.socket]:
@@ -66,7 +68,7 @@ class DirectWriteTests(SynchronousTestCase):
         """
         left, right = self.pair()
         transport = FakeTCPTransport(left)
-        self.assertEqual(_directwrite.write(transport, b"hello"), 5)
+        self.assertEqual(_internals.write(transport, b"hello"), 5)
         self.assertEqual(transport.buffered, [])
         self.assertEqual(right.recv(100), b"hello")
 
@@ -79,7 +81,7 @@ class DirectWriteTests(SynchronousTestCase):
         left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         transport = FakeTCPTransport(left)
         data = bytes(range(256)) * 8192
-        sent = _directwrite.write(transport, data)
+        sent = _internals.write(transport, data)
         self.assertTrue(0 < sent < len(data), sent)
         self.assertEqual(transport.buffered, [data[sent:]])
         received = b""
@@ -95,7 +97,7 @@ class DirectWriteTests(SynchronousTestCase):
         self.addCleanup(sock.close)
         sock.error = BlockingIOError(errno.EAGAIN, "try again")
         transport = FakeTCPTransport(sock)
-        self.assertEqual(_directwrite.write(transport, b"data"), 0)
+        self.assertEqual(_internals.write(transport, b"data"), 0)
         self.assertEqual(transport.buffered, [b"data"])
 
     def test_reset_leftToTwisted(self) -> None:
@@ -108,7 +110,7 @@ class DirectWriteTests(SynchronousTestCase):
         self.addCleanup(sock.close)
         sock.error = ConnectionResetError(errno.ECONNRESET, "reset")
         transport = FakeTCPTransport(sock)
-        self.assertEqual(_directwrite.write(transport, b"data"), 0)
+        self.assertEqual(_internals.write(transport, b"data"), 0)
         self.assertEqual(transport.buffered, [b"data"])
 
     def test_bufferNotEmpty_keepsOrder(self) -> None:
@@ -119,7 +121,7 @@ class DirectWriteTests(SynchronousTestCase):
         left, right = self.pair()
         transport = FakeTCPTransport(left)
         transport._tempDataBuffer.append(b"earlier")
-        self.assertEqual(_directwrite.write(transport, b"later"), 0)
+        self.assertEqual(_internals.write(transport, b"later"), 0)
         self.assertEqual(transport.buffered, [b"later"])
         self.assertRaises(BlockingIOError, right.recv, 100)
 
@@ -129,7 +131,7 @@ class DirectWriteTests(SynchronousTestCase):
         through C{write}.
         """
         transport = StringTransport()
-        self.assertEqual(_directwrite.write(transport, b"data"), 0)
+        self.assertEqual(_internals.write(transport, b"data"), 0)
         self.assertEqual(transport.value(), b"data")
 
     def test_disconnecting_fallsBack(self) -> None:
@@ -139,5 +141,60 @@ class DirectWriteTests(SynchronousTestCase):
         left, _ = self.pair()
         transport = FakeTCPTransport(left)
         transport.disconnecting = True
-        self.assertEqual(_directwrite.write(transport, b"data"), 0)
+        self.assertEqual(_internals.write(transport, b"data"), 0)
         self.assertEqual(transport.buffered, [b"data"])
+
+
+class SharedFramesTests(WebSocketTestMixin, SynchronousTestCase):
+    """
+    The Autobahn attributes that L{_internals.shares_framed_bytes} and
+    L{_internals.framed_bytes} read exist and mean what they assume: an
+    Autobahn upgrade that renamed them would otherwise go unnoticed, since
+    a missing attribute reads as "no compression, nothing queued".
+    """
+
+    def setUp(self) -> None:
+        self.setUpWebSocket()
+
+    def test_attributesExist(self) -> None:
+        """
+        An open connection has C{_perMessageCompress} and C{send_queue}, and
+        shares framed bytes while neither is in use.
+        """
+        client, server, pump = self.connect()
+        self.assertIsNone(server._perMessageCompress)
+        self.assertEqual(len(server.send_queue), 0)
+        self.assertTrue(_internals.shares_framed_bytes(server))
+
+    def test_queuedWrites_notShared(self) -> None:
+        """
+        While Autobahn has writes of its own queued, framed bytes would
+        overtake them: not shared.
+        """
+        client, server, pump = self.connect()
+        server.send_queue.append((b"x", False))
+        self.assertFalse(_internals.shares_framed_bytes(server))
+        server.send_queue.clear()
+
+    def test_compressing_notShared(self) -> None:
+        """
+        A connection that compresses needs its own frames.
+        """
+        client, server, pump = self.connect()
+        server._perMessageCompress = object()
+        self.assertFalse(_internals.shares_framed_bytes(server))
+        server._perMessageCompress = None
+
+    def test_framedBytes_areTheWireFrame(self) -> None:
+        """
+        L{_internals.framed_bytes} is the complete frame: written to the
+        transport, the client receives the message.
+        """
+        client, server, pump = self.connect()
+        prepared = self.factory.prepareMessage(b'{"a":1}', isBinary=False)
+        data = _internals.framed_bytes(prepared)
+        self.assertIsInstance(data, bytes)
+        assert server.transport is not None
+        server.transport.write(data)
+        pump.flush()
+        self.assertEqual(client.take(), [b'{"a":1}'])

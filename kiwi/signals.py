@@ -19,7 +19,10 @@ def install_signal_handlers(
     reactor: Any, reload: Callable[[], object], shutdown_timeout_s: Callable[[], float]
 ) -> None:
     """
-    Replace the reactor's signal handlers once it runs.
+    Replace the reactor's signal handlers once it runs. SIGHUP, which the
+    reactor leaves alone, is handled from now on: until the reactor runs,
+    its default action would kill the process, and a reload requested
+    between "listening" and the first reactor turn simply waits for it.
 
     By default twistd re-raises SIGTERM after stopping and exits 143, which
     service managers count as a failure; here a graceful stop exits 0. If
@@ -46,6 +49,7 @@ def install_signal_handlers(
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, hangup)
 
+    signal.signal(signal.SIGHUP, hangup)
     reactor.callWhenRunning(install)
 
 

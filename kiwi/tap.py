@@ -94,7 +94,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
-    reactor.callWhenRunning(freeze_startup_heap)
     from kiwi.reload import FileWatcher, Reloader
     from kiwi.service import KiwiService
     from kiwi.signals import install_signal_handlers
@@ -114,11 +113,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
             config.server.shutdown_timeout_s,
         )
         install_signal_handlers(reactor, supervisor.reload, lambda: supervisor.shutdown_timeout_s + 2)
+        reactor.callWhenRunning(freeze_startup_heap)
         return supervisor
     service = KiwiService(config, reactor, worker)
     reloader = Reloader(service, options["config"], reactor)
     service.reloader = reloader
     install_signal_handlers(reactor, reloader.request, lambda: service.config.server.shutdown_timeout_s)
+    # After the signal handlers: a first collection can take a while.
+    reactor.callWhenRunning(freeze_startup_heap)
     if not config.reload.watch:
         return service
     root = MultiService()

@@ -90,12 +90,23 @@ class SignalTests(SynchronousTestCase):
 
     def test_install_waitsForReactor(self) -> None:
         """
-        Nothing is installed before the reactor runs (twistd installs its
-        own handlers then, which Kiwi's replace).
+        Only SIGHUP is handled before the reactor runs; SIGTERM and SIGINT
+        are installed once it does (twistd installs its own handlers then,
+        which Kiwi's replace).
         """
-        self.assertEqual(self.installed, {})
+        self.assertEqual(set(self.installed), {signal.SIGHUP})
         self.reactor.runWhenRunningHooks()
         self.assertEqual(set(self.installed), {signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+    def test_sighup_beforeRunning_waitsForReactor(self) -> None:
+        """
+        A SIGHUP that arrives before the reactor runs does not kill the
+        process: the reload is requested on the reactor's first turns.
+        """
+        self.installed[signal.SIGHUP](signal.SIGHUP, None)
+        self.assertEqual(self.reloads, 0)
+        self.reactor.runCalls()
+        self.assertEqual(self.reloads, 1)
 
     def test_sighup_requestsReload(self) -> None:
         """

@@ -4,6 +4,8 @@ Tests for L{kiwi.tap}: C{twistd kiwi} options and the service tree.
 
 from __future__ import annotations
 
+import signal
+
 from twisted.application.service import IService, MultiService
 from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.python import usage
@@ -137,6 +139,8 @@ class MakeServiceTests(TapTestMixin, SynchronousTestCase):
 
     def setUp(self) -> None:
         self.addCleanup(set_level, "info")
+        # makeService handles SIGHUP at once; not in the test process.
+        self.patch(signal, "signal", lambda signum, handler: None)
 
     def test_makeService_tree(self) -> None:
         """

@@ -24,6 +24,13 @@ LABELS = {"kiwi": "Kiwi", "websockets": "websockets bridge", "autobahn": "naive 
 BASELINES = ("websockets", "autobahn")
 
 
+
+LOAD_CLIENT_BUSY = 0.5
+"""
+The load client's share of a core above which, with one worker, the
+workers scenario cannot show a second worker's gain on a 2-core machine.
+"""
+
 def _median(values: Iterable[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
@@ -154,15 +161,22 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         summary["workers"] = {"skipped": skipped[0]["skipped"]}
     else:
         by_count: dict[int, dict[int, float | None]] = defaultdict(dict)
+        client_util: list[float] = []
         for run in runs:
             if run.get("scenario") == "workers" and _ok(run):
                 by_count[run["workers"]][run["rep"]] = run["frames_per_s"]
+                if run["workers"] == 1:
+                    client_util.append(run["cpu"]["client_util"])
         if by_count:
             ratio, per_rep = _ratios(by_count.get(2, {}), by_count.get(1, {}), True)
             summary["workers"] = {
                 "frames_per_s": {str(k): _median(list(v.values())) for k, v in by_count.items()},
                 "ratio_2_vs_1": ratio,
                 "ratio_reps": per_rep,
+                # How busy the load client already was with one worker:
+                # past about half a core on a 2-core machine it is what
+                # limits a second worker (docs/performance.md).
+                "client_util_1_worker": _median(client_util) if client_util else None,
             }
 
     capacity = [r for r in runs if r.get("scenario") == "capacity"]
@@ -217,6 +231,19 @@ def targets(summary: dict[str, Any], runs: list[dict[str, Any]]) -> list[dict[st
     name = "workers 2 vs 1: delivered frames/s"
     if "skipped" in workers:
         found.append({"target": name, "goal": ">= 1.5x", "measured": None, "measured_text": "skipped (server.workers unknown)", "met": None})
+    elif ratio is not None and ratio < 1.5 and (workers.get("client_util_1_worker") or 0) > LOAD_CLIENT_BUSY:
+        # The issue asks for the gain "when the load client is not the
+        # bottleneck": with one worker it already was, so say so.
+        busy = workers["client_util_1_worker"]
+        found.append(
+            {
+                "target": name,
+                "goal": ">= 1.5x",
+                "measured": ratio,
+                "measured_text": f"{ratio:.2f}x, load client {busy:.0%} busy",
+                "met": None,
+            }
+        )
     else:
         add(name, ">= 1.5x", ratio, None if ratio is None else ratio >= 1.5, "x")
     kiwi_runs = [r for r in runs if r.get("impl") == "kiwi" and r.get("scenario") in ("flood", "latency", "workers")]

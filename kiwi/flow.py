@@ -127,7 +127,7 @@ class Outbox(Generic[T]):
         self._budget = budget
         self._limit = 2 * budget if limit is None else limit
         self._write = write
-        self._queue: deque[tuple[T, int]] = deque()
+        self._queue: deque[tuple[T, int, str | None]] = deque()
 
     @property
     def pending(self) -> int:
@@ -169,7 +169,7 @@ class Outbox(Generic[T]):
         elif self.pending_bytes + size > self._limit:
             self.overflowed = True
             return False
-        self._queue.append((item, size))
+        self._queue.append((item, size, source_id))
         self.pending_bytes += size
         return True
 
@@ -188,7 +188,7 @@ class Outbox(Generic[T]):
         """
         self.paused = False
         while self._queue and not self.paused:
-            item, size = self._queue.popleft()
+            item, size, _ = self._queue.popleft()
             self.pending_bytes -= size
             self._write(item)
         if self._queue or self.paused or not self.dropped:
@@ -196,11 +196,19 @@ class Outbox(Generic[T]):
         dropped, self.dropped = self.dropped, {}
         return dropped
 
-    def clear(self) -> None:
+    def clear(self) -> dict[str, int]:
         """
         Forget everything that waits (the connection is closing: nothing
         more will be written), releasing its memory at once.
+
+        @return: The events forgotten, per source (the caller counts them
+            as dropped rather than delivered).
         """
+        forgotten: dict[str, int] = {}
+        for _, _, source_id in self._queue:
+            if source_id is not None:
+                forgotten[source_id] = forgotten.get(source_id, 0) + 1
         self._queue.clear()
         self.pending_bytes = 0
         self.dropped = {}
+        return forgotten

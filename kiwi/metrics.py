@@ -30,8 +30,9 @@ class Stats:
     @ivar received: Events received per source.
     @ivar delivered: Events handed to client connections, per source.
     @ivar dropped: Events dropped, per (source, reason); reasons are
-        C{no_credit} and C{buffer_full} (pull mode) and C{slow_client}
-        (the connection was over its budget).
+        C{no_credit} and C{buffer_full} (pull mode), C{slow_client} (the
+        connection was over its budget) and C{closed} (still waiting in
+        the connection's outbox when it closed).
     @ivar lag_notices: C{LAG} notices sent, per source.
     @ivar handshake_refusals: Refused WebSocket handshakes, per reason.
     @ivar reloads: Configuration reloads, per outcome.

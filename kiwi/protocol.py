@@ -141,11 +141,17 @@ class ProtocolError(Exception):
 
 
 def _dumps(value: object) -> bytes:
+    """
+    Compact JSON text, as UTF-8.
+
+    @raise ValueError: for a float out of JSON's range (C{inf}, C{nan}).
+    @raise RecursionError: for data nested too deeply to encode.
+    """
     try:
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate (possible in JSON text) cannot be UTF-8: escape it.
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode("ascii")
 
 
 def _no_constants(name: str) -> object:
@@ -328,7 +334,20 @@ def encode_result(event: Event) -> bytes:
         data = {"sourceType": "counter", "sourceId": event.source_id, "count": event.count}
     else:
         raise TypeError(f"not an event: {event!r}")
-    return _dumps({"type": "RESULT", "data": data})
+    try:
+        return _dumps({"type": "RESULT", "data": data})
+    except (ValueError, RecursionError):
+        # JSON that decodes but cannot be sent as JSON: a number beyond a
+        # double's range (1e400 decodes as inf) or nesting that fits the
+        # decoder's depth but not the encoder's. Such values go as base64.
+        assert isinstance(event, KafkaEvent)
+        for field, flag in (("key", "keyEncoding"), ("payload", "payloadEncoding")):
+            try:
+                _dumps(data[field])
+            except (ValueError, RecursionError):
+                data[field] = _b64(event.key if field == "key" else event.payload)
+                data[flag] = "base64"
+        return _dumps({"type": "RESULT", "data": data})
 
 
 def _response(data: dict[str, object]) -> bytes:

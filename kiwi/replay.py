@@ -477,4 +477,5 @@ class Replay:
             return
         self.log.failure("{source_id} replay failed", failure, source_id=self.source_id)
         if self.state in ("starting", "replaying"):
-            self._finish(lag=False)
+            # The subscriber is told how much history it did not get.
+            self._finish(lag=True)

@@ -260,6 +260,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
                 self._expiry.cancel()
             self._expiry = None
             self._held = None
+            self._discard_outbox()
             self._outbox = None
             self.factory.connections.discard(self)
             self.factory.registry.disconnect(self)
@@ -388,6 +389,18 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         """
         return self._outbox.pending_bytes if self._outbox is not None else 0
 
+    def _discard_outbox(self) -> None:
+        """
+        Forget what waits in the outbox (the connection is closing), moving
+        the events among it from delivered to dropped (C{closed}).
+        """
+        if self._outbox is None:
+            return
+        stats = self.factory.registry.stats
+        for source_id, count in self._outbox.clear().items():
+            stats.delivered[source_id] -= count
+            stats.dropped[source_id, "closed"] += count
+
     def close_with(self, code: int, reason: str) -> None:
         """
         Start a closing handshake with any code, including the protocol
@@ -397,8 +410,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         released at once. If the client does not answer within Autobahn's
         C{closeHandshakeTimeout}, the TCP connection is aborted.
         """
-        if self._outbox is not None:
-            self._outbox.clear()
+        self._discard_outbox()
         # What was already handed over this turn goes out before the close.
         self.flush_batch()
         self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:123], isReply=False)

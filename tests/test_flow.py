@@ -514,12 +514,14 @@ class OutboxTests(SynchronousTestCase):
 
     def test_clear_releases(self) -> None:
         """
-        C{clear} forgets everything that waits.
+        C{clear} forgets everything that waits, and says how many events
+        of each source it forgot (replies and notices are not counted).
         """
         self.outbox.pause()
         for i in range(5):
-            self.outbox.put(f"e{i}", 40, "a")
-        self.outbox.clear()
+            self.outbox.put(f"e{i}", 1, "a" if i % 2 else "b")
+        self.outbox.put("reply", 1)
+        self.assertEqual(self.outbox.clear(), {"a": 2, "b": 3})
         self.assertEqual((self.outbox.pending, self.outbox.pending_bytes, self.outbox.dropped), (0, 0, {}))
         self.assertEqual(self.outbox.resume(), {})
         self.assertEqual(self.writer.written, [])

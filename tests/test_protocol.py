@@ -621,6 +621,23 @@ class PayloadFormatTests(SynchronousTestCase):
             self.assertEqual(data["payloadEncoding"], "base64", raw[:10])
             self.assertEqual(base64.b64decode(data["payload"]), raw)
 
+    def test_json_decodesButCannotBeSent(self) -> None:
+        """
+        JSON that decodes but cannot be sent as JSON arrives base64-encoded,
+        flagged: numbers beyond a double's range (C{1e400} decodes as
+        infinity, which is not JSON) and nesting that the decoder accepts
+        but the encoder, deeper in the stack, does not. The other field
+        stays JSON.
+        """
+        for raw in (b'{"price": 1e400}', b"-1e999", b"[" * 990 + b"]" * 990):
+            data = self.data(key=b'{"id":1}', key_format="json", payload=raw, payload_format="json")
+            self.assertEqual(data["payloadEncoding"], "base64", raw[:12])
+            self.assertEqual(base64.b64decode(data["payload"]), raw)
+            self.assertEqual(data["key"], {"id": 1})
+            self.assertNotIn("keyEncoding", data)
+        data = self.data(key=b"1e400", key_format="json", payload=b"1", payload_format="json")
+        self.assertEqual((data["key"], data["keyEncoding"], data["payload"]), ("MWU0MDA=", "base64", 1))
+
     def test_utf8_textAndFallback(self) -> None:
         """
         With utf8, UTF-8 payloads arrive as strings; others as base64 with

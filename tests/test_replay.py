@@ -290,6 +290,24 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(replay.state, "live")
         self.assertTrue(self.live(replay, 0, 10))
 
+    def test_readerFails_lagForTheRest(self) -> None:
+        """
+        A replay whose reading fails switches to the live stream and tells
+        the subscriber, with one LAG, how much history it did not get.
+        """
+        reader = FakeReader({0: 10})
+
+        def fail(max_records: int, timeout: float) -> Any:
+            raise RuntimeError("reader broke")
+
+        reader.thd_consume = fail  # type: ignore[method-assign]
+        replay = self.make(StartFrom("earliest"), reader, {0: 10})
+        replay.begin()
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(self.target.emitted, [])
+        self.assertEqual(self.target.lags, [10])
+        self.assertEqual(replay.state, "live")
+
     def test_heldOverflow_givesUp(self) -> None:
         """
         When more live events arrive than max_events while the replay

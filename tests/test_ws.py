@@ -973,6 +973,25 @@ class ProducerTests(WebSocketTestMixin, SynchronousTestCase):
         self.assertIsNone(server._outbox)
         self.assertEqual(server.pending_bytes, 0)
 
+    def test_close_queuedEventsCountedAsDropped(self) -> None:
+        """
+        Events still in the outbox when the connection closes, from either
+        side, move from delivered to dropped (C{closed}).
+        """
+        for closer in ("server", "client"):
+            self.setUpWebSocket(SubscriberConfig(max_pending_bytes=BUDGET))
+            client, server, pump = self.connect()
+            self.send(client, pump, {"type": "SUBSCRIBE", "sourceId": "c"})
+            server.pauseProducing()
+            self.registry.publish("c", [CounterEvent("c", n) for n in range(3)])
+            stats = self.registry.stats
+            self.assertEqual(stats.delivered["c"], 3)
+            if closer == "server":
+                server.close_with(CLOSE_GOING_AWAY, "bye")
+            else:
+                server.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual((stats.delivered["c"], stats.dropped["c", "closed"]), (0, 3), closer)
+
     def test_sendFrame_afterCloseIgnored(self) -> None:
         """
         Once the closing handshake has started nothing more is queued.

@@ -46,6 +46,14 @@ class Stats:
         self.handshake_refusals: Counter[str] = Counter()
         self.reloads: Counter[str] = Counter()
 
+    def undeliver(self, source_id: str, reason: str, count: int = 1) -> None:
+        """
+        Move C{count} events of C{source_id} that were counted as delivered
+        when handed to a connection, but never left it, to dropped.
+        """
+        self.delivered[source_id] -= count
+        self.dropped[source_id, reason] += count
+
 
 class _Collector:
     """

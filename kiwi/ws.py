@@ -398,8 +398,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
             return
         stats = self.factory.registry.stats
         for source_id, count in self._outbox.clear().items():
-            stats.delivered[source_id] -= count
-            stats.dropped[source_id, "closed"] += count
+            stats.undeliver(source_id, "closed", count)
 
     def close_with(self, code: int, reason: str) -> None:
         """
@@ -435,9 +434,7 @@ class KiwiServerProtocol(WebSocketServerProtocol):
         kept = outbox.put(frame, len(frame.payload) + FRAME_OVERHEAD, source_id)
         if source_id is not None and not kept:
             # The registry counted it as delivered when it handed it over.
-            stats = self.factory.registry.stats
-            stats.delivered[source_id] -= 1
-            stats.dropped[source_id, "slow_client"] += 1
+            self.factory.registry.stats.undeliver(source_id, "slow_client")
         if not kept and outbox.overflowed:
             # Replies and notices are never dropped; this many unread ones
             # mean the client does not read at all.

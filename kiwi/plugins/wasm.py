@@ -594,19 +594,25 @@ class _CoreInstance:
                 if end > size:
                     raise self._malformed("cabi_realloc returned memory outside the instance's memory")
                 view[pointer:end] = data
+        # The context's fields both events share: auth, then the connection
+        # variant (case 0, websocket) with its address; the event variant
+        # (case 0 kafka, 1 counter) follows.
+        ctx = (
+            auth is not None,
+            auth_ptr,
+            len(auth) if auth is not None else 0,
+            0,
+            addr_bytes is not None,
+            addr_ptr,
+            len(addr_bytes) if addr_bytes is not None else 0,
+        )
         if kafka:
             assert isinstance(event, KafkaEvent)
             timestamp = event.timestamp
             _INTERCEPT_KAFKA.pack_into(
                 view,
                 record,
-                auth is not None,
-                auth_ptr,
-                len(auth) if auth is not None else 0,
-                0,
-                addr_bytes is not None,
-                addr_ptr,
-                len(addr_bytes) if addr_bytes is not None else 0,
+                *ctx,
                 0,
                 payload is not None,
                 payload_ptr,
@@ -625,13 +631,7 @@ class _CoreInstance:
             _INTERCEPT_COUNTER.pack_into(
                 view,
                 record,
-                auth is not None,
-                auth_ptr,
-                len(auth) if auth is not None else 0,
-                0,
-                addr_bytes is not None,
-                addr_ptr,
-                len(addr_bytes) if addr_bytes is not None else 0,
+                *ctx,
                 1,
                 source_ptr,
                 len(source),

@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from tests.integration.kiwiproc import twistd_kiwi
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASELINES = os.path.join(HERE, "baselines")
 SOURCE_ID = "bench"
@@ -164,11 +166,6 @@ def wait_rss_stable(pid: int, timeout: float = 5.0, interval: float = 0.5) -> in
     return last
 
 
-def twistd_path() -> str:
-    candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
-    return candidate if os.path.exists(candidate) else "twistd"
-
-
 # Servers.
 
 
@@ -281,17 +278,7 @@ class KiwiServer(Server):
             yaml.safe_dump(config, f)
 
     def command(self) -> list[str]:
-        return [
-            twistd_path(),
-            "-n",
-            "--pidfile=",
-            *_profile_options(),
-            "kiwi",
-            "--config",
-            self.config_path,
-            "--log-level",
-            "warn",
-        ]
+        return twistd_kiwi(self.config_path, "--log-level", "warn", twistd_options=_profile_options())
 
     _answering_since: float | None = None
 

@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import yaml
@@ -28,6 +29,26 @@ _LISTENING = re.compile(r"Kiwi listening on [^\s]+:(\d+)")
 def twistd_path() -> str:
     candidate = os.path.join(os.path.dirname(sys.executable), "twistd")
     return candidate if os.path.exists(candidate) else "twistd"
+
+
+def twistd_kiwi(config_path: str, *kiwi_options: str, twistd_options: Sequence[str] = ()) -> list[str]:
+    """
+    The command line of C{twistd -n kiwi --config config_path}, in the
+    foreground, without a pid file.
+    """
+    return [twistd_path(), "-n", "--pidfile=", *twistd_options, "kiwi", "--config", config_path, *kiwi_options]
+
+
+def _config_text(config: dict[str, Any] | str) -> str:
+    """
+    A configuration as YAML text; a mapping listens on a free loopback
+    port unless it names its own endpoint.
+    """
+    if isinstance(config, str):
+        return config
+    config = dict(config)
+    config.setdefault("server", {"listen": "tcp:0:interface=127.0.0.1"})
+    return yaml.safe_dump(config)
 
 
 class _Output(ProcessProtocol):
@@ -58,14 +79,8 @@ class KiwiProcess:
     ) -> None:
         self.directory = tempfile.mkdtemp(prefix="kiwi-test-")
         self.config_path = os.path.join(self.directory, "kiwi.yaml")
-        if isinstance(config, dict):
-            config = dict(config)
-            config.setdefault("server", {"listen": "tcp:0:interface=127.0.0.1"})
-            text = yaml.safe_dump(config)
-        else:
-            text = config
         with open(self.config_path, "w") as f:
-            f.write(text)
+            f.write(_config_text(config))
         self.log_level = log_level
         self.env = env or {}
         self.port: int | None = None
@@ -77,15 +92,9 @@ class KiwiProcess:
         Replace the configuration file (as an editor would), keeping the
         listening endpoint unless C{config} names one.
         """
-        if isinstance(config, dict):
-            config = dict(config)
-            config.setdefault("server", {"listen": "tcp:0:interface=127.0.0.1"})
-            text = yaml.safe_dump(config)
-        else:
-            text = config
         temporary = self.config_path + ".new"
         with open(temporary, "w") as f:
-            f.write(text)
+            f.write(_config_text(config))
         os.replace(temporary, self.config_path)
 
     def signal(self, name: str) -> None:
@@ -114,16 +123,7 @@ class KiwiProcess:
         """
         Start twistd without waiting for it to listen.
         """
-        args = [
-            twistd_path(),
-            "-n",
-            "--pidfile=",
-            "kiwi",
-            "--config",
-            self.config_path,
-            "--log-level",
-            self.log_level,
-        ]
+        args = twistd_kiwi(self.config_path, "--log-level", self.log_level)
         env = dict(os.environ)
         env.update(self.env)
         env["PYTHONUNBUFFERED"] = "1"

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from tests.integration.base import IntegrationTestCase
-from tests.integration.kiwiproc import KiwiProcess, twistd_path
+from tests.integration.kiwiproc import KiwiProcess, twistd_kiwi
 from tests.integration.polling import wait_until
 
 
@@ -262,7 +262,7 @@ class CheckTests(IntegrationTestCase):
 
         result = await deferToThread(
             subprocess.run,
-            [twistd_path(), "-n", "--pidfile=", "kiwi", "--config", kiwi.config_path, "--check"],
+            twistd_kiwi(kiwi.config_path, "--check"),
             capture_output=True,
             text=True,
             timeout=60,

@@ -341,11 +341,11 @@ def encode_result(event: Event) -> bytes:
         # double's range (1e400 decodes as inf) or nesting that fits the
         # decoder's depth but not the encoder's. Such values go as base64.
         assert isinstance(event, KafkaEvent)
-        for field, flag in (("key", "keyEncoding"), ("payload", "payloadEncoding")):
+        for field, flag, raw in (("key", "keyEncoding", event.key), ("payload", "payloadEncoding", event.payload)):
             try:
                 _dumps(data[field])
             except (ValueError, RecursionError):
-                data[field] = _b64(event.key if field == "key" else event.payload)
+                data[field] = _b64(raw)
                 data[flag] = "base64"
         return _dumps({"type": "RESULT", "data": data})
 
